@@ -1,0 +1,32 @@
+"""Errors that mmexp raises for bad input, each with a message a user can act on."""
+
+
+class MMExpError(Exception):
+    """Base class of mmexp's own errors."""
+
+
+class ConfigError(MMExpError, ValueError):
+    """A configuration that cannot work (unknown option, incompatible sizes...)."""
+
+
+class ShapeMismatchError(ConfigError):
+    """Data and model disagree on image size or channel count; the message names both."""
+
+
+class MissingBatchKeyError(MMExpError, KeyError):
+    """A model needs a batch key (e.g. ``caption``) that the dataset does not provide."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetNotFoundError(MMExpError, FileNotFoundError):
+    """A dataset's files are missing; the message names the path and how to obtain them."""
+
+
+class NonFiniteLossError(MMExpError, RuntimeError):
+    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+class WeightsNotFoundError(MMExpError, FileNotFoundError):
+    """Pretrained weights (Inception, LPIPS...) could not be found offline."""
