@@ -1,0 +1,89 @@
+"""What a checkpoint needs beyond weights and optimizers: RNG states, the config, the logger run."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "mmexp"
+
+
+def collect_rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def logger_run_ids(trainer: pl.Trainer) -> dict[str, str]:
+    """The run id of each logger that can resume a run (W&B)."""
+    ids = {}
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            ids["wandb"] = str(logger.version)
+    return ids
+
+
+class RunState(pl.Callback):
+    """Puts into every checkpoint what exact resume and rebuilding need, and guards what is saved.
+
+    - RNG states (torch, CUDA, numpy, python), restored at ``on_train_start`` so that a resumed run
+      draws the same noise as an uninterrupted one;
+    - the composed Hydra config (``config``, set by the entry point), so ``task=eval|sample`` can
+      rebuild the model from the checkpoint alone;
+    - the W&B run id, so a resumed run continues the same W&B run;
+    - before any checkpoint is written the module's non-finite guard is checked: a NaN run stops
+      with the previous checkpoint on disk intact.
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        self.config = config
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        assert_finite = getattr(pl_module, "assert_finite", None)
+        if assert_finite is not None:
+            assert_finite()
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": self.config,
+            "rng_states": collect_rng_states(),
+            "logger_ids": logger_run_ids(trainer),
+        }
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY) or {}
+        self._rng_to_restore = state.get("rng_states")
+        if self._rng_to_restore is None:
+            log.warning("checkpoint has no RNG states: the resumed run will not repeat an uninterrupted one")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the sanity check, right before the first resumed step: the same point at which the
+        # uninterrupted run had these states
+        if self._rng_to_restore is not None:
+            restore_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def read_run_state(ckpt_path: str) -> dict:
+    """The mmexp section of a checkpoint (config, logger ids) without keeping its tensors around."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    return ckpt.get(CHECKPOINT_KEY) or {}

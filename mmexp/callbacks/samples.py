@@ -1,0 +1,56 @@
+"""A sample grid at every validation: samples/stepNNNNNNN.png, and to the loggers."""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((images.detach().float() + 1) / 2).clamp(0, 1)
+
+
+def log_image_to_loggers(trainer: pl.Trainer, key: str, grid: torch.Tensor, step: int) -> None:
+    for logger in trainer.loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger":
+            logger.log_image(key=key, images=[grid.cpu()], step=step)
+        elif kind == "TensorBoardLogger":
+            logger.experiment.add_image(key, grid.cpu(), global_step=step)
+
+
+class SampleGrid(pl.Callback):
+    """Asks the model for its preview of the first validation batch and writes it as a PNG grid.
+
+    What a grid shows is the model's choice (``preview``): GAN samples from fixed noise,
+    input | reconstruction pairs for autoencoders, input | output | target for restoration.
+    """
+
+    def __init__(self, dirpath: str, max_images: int = 64) -> None:
+        self.dirpath = dirpath
+        self.max_images = max_images
+        self._batch = None
+        self.last_path: str | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            self._batch = {k: v[: self.max_images] for k, v in batch.items()}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self._batch is None or not hasattr(pl_module, "preview"):
+            return
+        batch, self._batch = self._batch, None
+        if not trainer.is_global_zero:
+            return
+        with torch.no_grad():
+            images, nrow = pl_module.preview(batch)
+        grid = make_grid(to_unit(images), nrow=nrow, padding=2, pad_value=1.0)
+        os.makedirs(self.dirpath, exist_ok=True)
+        path = os.path.join(self.dirpath, f"step{trainer.global_step:07d}.png")
+        save_image(grid, path)
+        self.last_path = path
+        log_image_to_loggers(trainer, "samples", grid, trainer.global_step)

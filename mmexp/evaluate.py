@@ -1,0 +1,123 @@
+"""``task=eval`` and ``task=sample``: rebuild a trained model from its checkpoint alone and use it.
+
+A checkpoint carries the composed config it was trained with (see ``RunState``), so
+``python -m mmexp task=eval ckpt_path=RUN/checkpoints/last.ckpt metrics=fid10k_test`` needs nothing
+else. ``data.*`` overrides on the command line still apply (a dataset that moved: ``data.root=...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import make_grid, save_image
+
+from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
+from mmexp.callbacks.samples import to_unit
+from mmexp.errors import ConfigError
+from mmexp.utils import data_identity, stable_hash, write_metrics_json
+
+log = logging.getLogger("mmexp")
+
+
+def _command_line_overrides(prefix: str) -> list[str]:
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # not running under Hydra (called from Python)
+        return []
+    return [o for o in overrides if o.lstrip("+~").startswith(prefix)]
+
+
+def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, DictConfig]:
+    """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
+    if not os.path.isfile(cfg.ckpt_path):
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
+    stored = (ckpt.get("mmexp") or {}).get("config")
+    if stored is None:
+        raise ConfigError(f"{cfg.ckpt_path} holds no mmexp config (not written by python -m mmexp task=train)")
+    train_cfg = OmegaConf.create(stored)
+    # the dataset may live elsewhere now: data.* overrides from this command line win
+    overrides = _command_line_overrides("data.")
+    if overrides:
+        train_cfg = OmegaConf.merge(train_cfg, OmegaConf.from_dotlist([o.lstrip("+~") for o in overrides]))
+    model = instantiate(train_cfg.model)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    datamodule = instantiate(train_cfg.data)
+    log.info("loaded %s (step %s) from %s", type(model).__name__, ckpt.get("global_step"), cfg.ckpt_path)
+    return model, datamodule, train_cfg
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score a checkpoint with the ``metrics`` protocol on its reference split; write metrics.json."""
+    if cfg.get("metrics") is None:
+        raise ConfigError("task=eval needs a metrics protocol, e.g. metrics=fid10k_test (metrics=none was given)")
+    model, datamodule, train_cfg = load_trained(cfg)
+    suite = instantiate(cfg.metrics)
+    split = suite.protocol.get("split", "test")
+    callback = ValidationMetrics(suite, cache_dir=os.path.join(cfg.paths.cache_dir, "refstats"), prefix="eval")
+    callback.data_id = stable_hash(data_identity(train_cfg.data))
+    callback.split = split
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
+    )
+    datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
+    loader = datamodule.dataloader(split, batch_size=suite.protocol.get("batch_size"))
+    with torch.random.fork_rng():
+        torch.manual_seed(int(suite.protocol.get("seed", 0)))
+        trainer.validate(model, dataloaders=loader, verbose=False)
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, callback.protocol)
+    # and beside the evaluated run, so its results stay with it
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
+    os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
+    name = suite.protocol.get("name", "eval")
+    write_metrics_json(os.path.join(run_dir, "eval", f"{name}.json"), metrics, callback.protocol)
+    for key, value in out.items():
+        log.info("%s = %s", key, value)
+    return {k: v for k, v in out.items() if isinstance(v, float)}
+
+
+def sample(cfg: DictConfig) -> dict[str, float]:
+    """Write ``n`` images (a grid and one PNG each) from a checkpoint into the run's samples/."""
+    model, datamodule, _ = load_trained(cfg)
+    n = int(cfg.n)
+    out_dir = os.path.join(cfg.paths.output_dir, "samples")
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    model.to(device)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    with torch.no_grad():
+        try:
+            images = model.generate(n, generator=generator)
+            grid_images, nrow = images, int(n**0.5) or 1
+        except NotImplementedError as why:
+            # reconstruction models (VQ-VAE before its prior): reconstruct validation images
+            log.info("%s; writing reconstructions of validation images instead", why)
+            datamodule.setup("validate")
+            inputs = torch.cat([b["image"] for b in _take(datamodule.dataloader("val"), n)])[:n].to(device)
+            images = model.reconstruct(inputs)
+            grid_images = torch.stack([inputs, images], dim=1).flatten(0, 1)
+            nrow = 2 * max(1, int((n / 2) ** 0.5))
+    save_image(make_grid(to_unit(grid_images), nrow=nrow, padding=2, pad_value=1.0), os.path.join(out_dir, "grid.png"))
+    for i, image in enumerate(to_unit(images)):
+        save_image(image, os.path.join(out_dir, "images", f"{i:05d}.png"))
+    log.info("wrote %d images and grid.png to %s", n, out_dir)
+    return {}
+
+
+def _take(loader, n: int):
+    seen = 0
+    for batch in loader:
+        yield batch
+        seen += batch["image"].shape[0]
+        if seen >= n:
+            return

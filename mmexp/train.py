@@ -1,0 +1,140 @@
+"""``python -m mmexp``: compose ``conf/train.yaml``, then train (default), evaluate or sample.
+
+Reads like lightning-hydra-template's ``src/train.py``: seed, instantiate data, model, callbacks,
+loggers and trainer; fit; evaluate; return the metric a sweep optimises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mmexp.callbacks import AtomicCheckpointIO, RunState, ValidationMetrics, read_run_state
+from mmexp.errors import ConfigError, MissingBatchKeyError, NonFiniteLossError
+from mmexp.utils import (
+    data_identity,
+    first,
+    instantiate_dict,
+    register_resolvers,
+    stable_hash,
+    to_float,
+    write_metrics_json,
+)
+
+log = logging.getLogger("mmexp")
+register_resolvers()
+
+
+def check_compatible(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+    """Catch before training what would otherwise fail deep inside the first step."""
+    model.check_data(tuple(datamodule.image_shape))
+    provides = tuple(getattr(datamodule, "provides", ()) or ())
+    missing = [key for key in getattr(model, "required_keys", ()) if provides and key not in provides]
+    if missing:
+        raise MissingBatchKeyError(
+            f"{type(model).__name__} needs batch keys {missing}, but data "
+            f"'{getattr(datamodule, 'name', type(datamodule).__name__)}' provides only {list(provides)}"
+        )
+
+
+def instantiate_loggers(cfg: DictConfig | None, resume_ids: dict[str, str]) -> list:
+    loggers = []
+    for name, entry in (cfg or {}).items():
+        if not (isinstance(entry, DictConfig) and "_target_" in entry):
+            continue
+        extra = {}
+        if entry._target_.endswith("WandbLogger") and resume_ids.get("wandb") and not entry.get("id"):
+            extra["id"] = resume_ids["wandb"]  # a resumed run continues its W&B run
+            log.info("resuming W&B run %s", extra["id"])
+        loggers.append(instantiate(entry, **extra))
+    return loggers
+
+
+def log_hyperparameters(trainer: pl.Trainer, cfg: DictConfig, model: pl.LightningModule) -> None:
+    if not trainer.loggers:
+        return
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["model/params/total"] = sum(p.numel() for p in model.parameters())
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    resume = read_run_state(cfg.ckpt_path) if cfg.get("ckpt_path") else {}
+
+    log.info("data <%s>", cfg.data._target_)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    log.info("model <%s>", cfg.model._target_)
+    model: pl.LightningModule = instantiate(cfg.model)
+    check_compatible(model, datamodule)
+
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    for callback in callbacks:
+        if isinstance(callback, RunState):
+            callback.config = OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(callback, ValidationMetrics):
+            callback.data_id = stable_hash(data_identity(cfg.data))
+    loggers = instantiate_loggers(cfg.get("logger"), resume.get("logger_ids", {}))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    log_hyperparameters(trainer, cfg, model)
+
+    try:
+        # our own checkpoints carry RNG states and config objects: trusted, so not weights_only
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+    except NonFiniteLossError as err:
+        last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+        kept = last if os.path.exists(last) else "none was written before the failure"
+        log.error("training stopped: %s; last good checkpoint: %s", err, kept)
+        raise
+    metrics = {k: v for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test"):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        log.info("testing %s", best or "the final weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        metrics.update(trainer.callback_metrics)
+
+    finish_run(trainer, cfg, metrics, first(callbacks, "ValidationMetrics"))
+    return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
+
+
+def finish_run(trainer: pl.Trainer, cfg: DictConfig, metrics: dict, metric_callback: Any) -> dict:
+    """metrics.json in the run directory and the W&B summary: every number with its protocol."""
+    if not trainer.is_global_zero:
+        return {}
+    protocol = getattr(metric_callback, "protocol", None)
+    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, protocol)
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update(out)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.task == "train":
+        metrics = train(cfg)
+    elif cfg.task in ("eval", "sample"):
+        from mmexp import evaluate
+
+        metrics = evaluate.evaluate(cfg) if cfg.task == "eval" else evaluate.sample(cfg)
+    else:
+        raise ConfigError(f"unknown task={cfg.task!r}; choose one of: train, eval, sample")
+
+    name = cfg.get("optimized_metric")
+    if not name or cfg.task != "train":
+        return None
+    if name not in metrics:
+        log.warning("optimized_metric %r was not logged; logged: %s", name, sorted(metrics))
+        return None
+    return metrics[name]

@@ -1,0 +1,111 @@
+"""Small helpers the entry point and tasks share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Any, Iterable, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def wandb_offline() -> bool:
+    """True unless W&B credentials are configured (env key or ``wandb login``'s netrc entry)."""
+    if os.environ.get("WANDB_MODE", "").lower() in {"offline", "disabled", "dryrun"}:
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(netrc) as f:
+            return "api.wandb.ai" not in f.read()
+    except OSError:
+        return True
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("mmexp.wandb_offline"):
+        OmegaConf.register_new_resolver("mmexp.wandb_offline", wandb_offline)
+
+
+def instantiate_dict(cfg: DictConfig | None, **extra: Any) -> list:
+    """Instantiate every entry with a ``_target_`` of a group such as ``callbacks`` or ``logger``."""
+    from hydra.utils import instantiate
+
+    objects = []
+    if not cfg:
+        return objects
+    for name, entry in cfg.items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            log.info("instantiating %s <%s>", name, entry._target_)
+            objects.append(instantiate(entry, **extra))
+    return objects
+
+
+def to_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value
+
+
+def flatten(prefix: str, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"prefix/a/b": 1}; lists become JSON strings so the result stays flat."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(name, value))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def write_metrics_json(path: str, metrics: Mapping[str, Any], protocol: Mapping[str, Any] | None) -> dict:
+    """One flat JSON object: every number, and the protocol it was measured with (``protocol/...``)."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(metrics.items()):
+        number = to_float(value)
+        if number is not None:
+            out[key] = number if math.isfinite(number) else str(number)
+    if protocol:
+        out.update(flatten("protocol", protocol))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    log.info("metrics written to %s", path)
+    return out
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def data_identity(data_cfg: DictConfig | Mapping) -> dict:
+    """What defines a dataset's images (not how it is loaded): for reference-statistics keys."""
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    loading = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "drop_last"}
+    return {k: v for k, v in cfg.items() if k not in loading}
+
+
+def first(items: Iterable, kind: str):
+    for item in items:
+        if type(item).__name__ == kind:
+            return item
+    return None

@@ -1,0 +1,72 @@
+"""Every config composes; every experiment composes; unknown options list the choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+import mmexp
+from tests.conftest import compose_cfg
+
+CONF = Path(mmexp.__file__).parent / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_groups_exist():
+    for group in ("model", "data", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
+                  "debug", "hparams_search", "metrics"):
+        assert (CONF / group).is_dir(), group
+    assert {"dcgan", "vae", "vqvae"} <= set(options("model"))
+    assert {"shapes", "digits", "fashion_mnist", "mnist", "cifar10", "celeba", "folder"} <= set(options("data"))
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
+
+
+def test_default_config(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    assert cfg.task == "train" and cfg.model._target_.endswith("GAN")
+    assert cfg.data.dataset._target_.endswith("ShapesDataset")
+    assert cfg.model.generator.image_size == cfg.data.image_size
+
+
+@pytest.mark.parametrize("group", ["model", "data", "trainer", "logger", "callbacks", "metrics", "debug"])
+def test_every_option_composes(tmp_path, group):
+    for option in options(group):
+        overrides = [f"{group}={option}"]
+        if group == "data" and option == "folder":
+            overrides.append(f"data.root={tmp_path}")
+        cfg = compose_cfg(tmp_path, *overrides)
+        # resolving catches bad interpolations
+        from omegaconf import OmegaConf
+
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(tmp_path, experiment):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}", f"data.root={tmp_path}")
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "vae", "vqvae"])
+@pytest.mark.parametrize("data", ["shapes", "digits", "fashion_mnist", "cifar10", "celeba"])
+def test_model_builds_for_data(tmp_path, model, data):
+    cfg = compose_cfg(tmp_path, f"model={model}", f"data={data}")
+    module = instantiate(cfg.model)
+    module.check_data((cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+
+
+def test_unknown_option_lists_choices(tmp_path):
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg(tmp_path, "model=nope")
+    message = str(err.value)
+    for choice in ("dcgan", "vae", "vqvae"):
+        assert choice in message
