@@ -24,6 +24,10 @@ class DatasetNotFoundError(MMExpError, FileNotFoundError):
     """A dataset's files are missing; the message names the path and how to obtain them."""
 
 
+class DatasetFormatError(MMExpError, ValueError):
+    """A dataset file exists but cannot be parsed (corrupt, truncated, wrong format); names the file."""
+
+
 class NonFiniteLossError(MMExpError, RuntimeError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 

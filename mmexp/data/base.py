@@ -1,0 +1,126 @@
+"""Common base for mmexp datasets: split names, the item contract, and shared error helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mmexp.errors import DatasetFormatError, ConfigError, DatasetNotFoundError, MMExpError
+
+from .transforms import check_channels, check_image_size
+
+__all__ = ["SPLITS", "BaseImageDataset", "DatasetFormatError", "check_split", "split_permutation", "open_image"]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def check_split(split: str) -> str:
+    """Return ``split`` if it is ``train``, ``val`` or ``test``; otherwise raise :class:`ConfigError`."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return split
+
+
+def split_permutation(n: int, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+    """Deterministically partition ``range(n)`` into sorted train/val/test index arrays.
+
+    The permutation depends only on ``(n, seed)``. A positive fraction always gets at least one item
+    (when there are enough items); train must keep at least one item.
+    """
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {frac}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    n_val = max(1, int(round(val_fraction * n))) if val_fraction > 0 else 0
+    n_test = max(1, int(round(test_fraction * n))) if test_fraction > 0 else 0
+    if n - n_val - n_test < 1:
+        raise ConfigError(
+            f"only {n} items: cannot hold out {n_val} for val and {n_test} for test and keep any for train; "
+            "lower val_fraction/test_fraction or add data"
+        )
+    perm = np.random.default_rng(np.random.SeedSequence([_u64(seed), n])).permutation(n)
+    return {
+        "test": np.sort(perm[:n_test]),
+        "val": np.sort(perm[n_test : n_test + n_val]),
+        "train": np.sort(perm[n_test + n_val :]),
+    }
+
+
+def _u64(seed: int) -> int:
+    return int(seed) % (1 << 64)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file, raising :class:`DatasetFormatError` naming the file on failure."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"image file {path} does not exist (was it deleted after the dataset was indexed?)")
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+        raise DatasetFormatError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
+
+
+class BaseImageDataset(Dataset):
+    """Base class of mmexp datasets.
+
+    ``__getitem__`` returns a dict following ``docs/interfaces.md``: ``image`` (float32
+    ``[C, H, W]`` in ``[-1, 1]``), ``index`` (int) and the optional keys listed in ``provides``.
+
+    Subclasses set the class attributes ``name`` (short id such as ``"shapes"``) and ``provides``
+    (may be overridden per instance when keys depend on arguments), and ``num_classes`` (``None``
+    for datasets without class labels).
+    """
+
+    name: ClassVar[str] = "dataset"
+    provides: tuple[str, ...] = ("image", "index")
+    num_classes: int | None = None
+
+    def __init__(self, split: str, image_size: int, channels: int) -> None:
+        super().__init__()
+        self.split = check_split(split)
+        self.image_size = check_image_size(image_size)
+        self.channels = check_channels(channels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every ``image`` this dataset returns."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {type(self).__name__}(split={self.split!r}) of length {n}")
+        return int(index) % n if n else int(index)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self.extra_repr()
+        extra = f", {extra}" if extra else ""
+        return (
+            f"{type(self).__name__}(split={self.split!r}, n={len(self)}, "
+            f"image_shape={self.image_shape}{extra})"
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def require_dir(path: str | os.PathLike, what: str, how: str) -> Path:
+    """Return ``Path(path)`` if it is a directory, else raise :class:`DatasetNotFoundError`.
+
+    ``what`` names the dataset, ``how`` says how to obtain the data.
+    """
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_dir():
+        raise DatasetNotFoundError(f"{what} not found: directory {p} does not exist. {how}")
+    return p

@@ -1,0 +1,234 @@
+"""``ImageDataModule``: one LightningDataModule for every mmexp dataset."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmexp.errors import ConfigError, ShapeMismatchError
+
+from .base import SPLITS, check_split
+from .loaders import ResumableDataLoader, derive_seed
+from .transforms import check_channels, check_image_size
+
+__all__ = ["ImageDataModule"]
+
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: SPLITS,
+}
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Wraps a dataset factory into train/val/test loaders that follow ``docs/interfaces.md``.
+
+    Args:
+        dataset: callable ``dataset(split=...)`` returning a map-style dataset of dict items; in
+            configs a ``_partial_: true`` node (e.g. ``mmexp.data.shapes.ShapesDataset``).
+        image_size: side of the (square) images the model expects; checked against the data.
+        channels: 1 or 3; checked against the data.
+        batch_size: training batch size.
+        eval_batch_size: batch size of val/test loaders (default: ``batch_size``).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        seed: seeds the training order (with the epoch) and the worker seeds; never the global RNG.
+        pin_memory: pin host memory for faster GPU transfer.
+        drop_last: drop the last incomplete training batch (val/test never drop).
+        persistent_workers: keep workers alive between epochs (default: ``num_workers > 0``).
+        name: short dataset name; default the dataset class's ``name`` attribute.
+        root, download: data-level settings of file-based datasets; configs interpolate them into
+            the ``dataset`` node (``data.root=...``, ``data.download=true``). Kept here for reference only.
+
+    Datasets are built lazily (``setup`` or the first property/loader that needs them) and cached.
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        image_size: int,
+        channels: int,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+        persistent_workers: bool | None = None,
+        name: str | None = None,
+        root: str | None = None,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        if not callable(dataset):
+            raise ConfigError(
+                f"data.dataset must be callable as dataset(split=...), got {type(dataset).__name__}; "
+                "in a config give it `_partial_: true`"
+            )
+        self.dataset_factory = dataset
+        self.image_size = check_image_size(image_size)
+        self.channels = check_channels(channels)
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.drop_last = bool(drop_last)
+        self.persistent_workers = (num_workers > 0) if persistent_workers is None else bool(persistent_workers and num_workers > 0)
+        self._name = name
+        self.root = root
+        self.download = bool(download)
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def dataset_class(self) -> Any:
+        """The class (or function) the ``dataset`` factory builds."""
+        fn = self.dataset_factory
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        return fn
+
+    @property
+    def name(self) -> str:
+        """Short dataset name (e.g. ``"shapes"``)."""
+        if self._name:
+            return self._name
+        cls = self.dataset_class
+        return str(getattr(cls, "name", None) or getattr(cls, "__name__", "dataset")).lower()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the batches' images."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of ``label`` (``None`` if the dataset has no labels). Builds the train split."""
+        n = getattr(self.dataset("train"), "num_classes", None)
+        return None if n is None else int(n)
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        """Batch keys the dataset provides (its ``provides``). Builds the train split."""
+        ds = self.dataset("train")
+        keys = getattr(ds, "provides", None)
+        if keys is None:
+            keys = tuple(ds[0].keys()) if len(ds) else ("image", "index")
+        return tuple(keys)
+
+    # -- datasets -------------------------------------------------------------------------
+    def dataset(self, split: str) -> Dataset:
+        """The (cached) dataset of ``split``, built and shape-checked on first use."""
+        check_split(split)
+        if split not in self._datasets:
+            ds = self.dataset_factory(split=split)
+            self._validate(ds, split)
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    def _validate(self, ds: Dataset, split: str) -> None:
+        try:
+            n = len(ds)  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError(f"dataset {ds!r} has no length; mmexp needs map-style datasets") from None
+        if n == 0:
+            return
+        item = ds[0]
+        if not isinstance(item, dict) or "image" not in item:
+            raise ConfigError(
+                f"{type(ds).__name__} items must be dicts with an 'image' key (see docs/interfaces.md), "
+                f"got {type(item).__name__}"
+            )
+        shape = tuple(item["image"].shape)
+        if shape != self.image_shape:
+            raise ShapeMismatchError(
+                f"the {self.name} {split} images have shape {shape} (C, H, W) but the data config expects "
+                f"{self.image_shape} from data.channels={self.channels}, data.image_size={self.image_size}; "
+                "make them agree (set data.image_size/data.channels, or the dataset's own image_size/channels)"
+            )
+        missing = [k for k in getattr(ds, "provides", ()) if k not in item]
+        if missing:
+            raise ConfigError(f"{type(ds).__name__} declares keys {missing} in `provides` but its items lack them")
+
+    def prepare_data(self) -> None:
+        """Nothing to do: datasets with ``download: true`` download when built (on every rank-0 call)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (lazily, once) and validate the datasets needed by ``stage``."""
+        for split in _STAGE_SPLITS.get(stage, SPLITS):
+            self.dataset(split)
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+        }
+
+    def _nonempty(self, split: str) -> Dataset:
+        ds = self.dataset(split)
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise ConfigError(f"the {split} split of {self.name} is empty; check the dataset's split sizes/fractions")
+        return ds
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled by ``(seed, epoch)``, resumable mid-epoch, ``drop_last`` as configured."""
+        ds = self._nonempty("train")
+        if self.drop_last and len(ds) < self.batch_size:  # type: ignore[arg-type]
+            raise ConfigError(
+                f"train split of {self.name} has {len(ds)} items, fewer than data.batch_size={self.batch_size} "
+                "with drop_last=true: no batch would be produced; lower data.batch_size or set data.drop_last=false"
+            )
+        return ResumableDataLoader(
+            ds, batch_size=self.batch_size, shuffle=True, seed=self.seed, drop_last=self.drop_last, **self._loader_kwargs()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Dataset order, no shuffle, keeps the last partial batch."""
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Dataset order, no shuffle, keeps the last partial batch."""
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+        """A deterministic loader over any split (used by eval/sample tasks).
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: default ``eval_batch_size``.
+            shuffle: if true the order is a permutation fixed by ``seed`` (not the global RNG).
+
+        Never drops the last batch.
+        """
+        ds = self._nonempty(split)
+        bs = batch_size or self.eval_batch_size
+        if shuffle:
+            return ResumableDataLoader(ds, batch_size=bs, shuffle=True, seed=self.seed, drop_last=False, **self._loader_kwargs())
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, SPLITS.index(split), 7))
+        return DataLoader(ds, batch_size=bs, shuffle=False, drop_last=False, generator=generator, **self._loader_kwargs())
+
+    def __str__(self) -> str:  # LightningDataModule's would build every loader
+        return self.__repr__()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, batch_size={self.batch_size}, "
+            f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, seed={self.seed})"
+        )

@@ -1,0 +1,270 @@
+"""``ShapesDataset``: procedural coloured shapes with captions and masks (no files needed).
+
+Every item is generated from its own RNG seeded by ``(seed, split, index)``, so an item is the same
+on every machine and every run, and the three splits never share a scene (they use disjoint seeds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from mmexp.errors import ConfigError
+
+from .base import SPLITS, BaseImageDataset
+from .transforms import pil_to_tensor
+
+__all__ = ["ShapesDataset", "ShapeObject", "Scene", "SHAPES", "COLORS", "BACKGROUNDS", "SIZES"]
+
+#: Shape kinds; ``label`` is the index of the first object's shape in this tuple.
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+
+#: Object colours (name -> RGB).
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+    "cyan": (40, 200, 210),
+}
+
+#: Background colours, disjoint from :data:`COLORS`.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "brown": (110, 70, 40),
+}
+
+#: Size names -> side of the object's bounding box as a fraction of the image side.
+SIZES: dict[str, float] = {"small": 0.26, "large": 0.42}
+
+_SUPERSAMPLE = 4  # draw at 4x resolution, then box-filter down (antialiasing)
+_MIN_LUMA_GAP = 40.0  # background luminance differs from every object's by at least this (grayscale contrast)
+_MARGIN = 0.03  # gap to the image border, fraction of the side
+_GAP = 0.04  # gap between object boxes
+
+
+def _luma(rgb: tuple[int, int, int]) -> float:
+    r, g, b = rgb
+    return 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R 601, as PIL's convert("L")
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One drawn object. ``center`` and ``extent`` are fractions of the image side (x right, y down)."""
+
+    shape: str
+    color: str
+    size: str
+    center: tuple[float, float]
+    extent: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` as fractions of the image side."""
+        cx, cy = self.center
+        h = self.extent / 2
+        return (cx - h, cy - h, cx + h, cy + h)
+
+    def phrase(self, article: str = "a") -> str:
+        """E.g. ``"a small red circle"``."""
+        return f"{article} {self.size} {self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A background colour name and the objects in drawing (= caption) order."""
+
+    background: str
+    objects: tuple[ShapeObject, ...]
+
+
+def relation(a: ShapeObject, b: ShapeObject) -> str:
+    """Where ``a`` is relative to ``b``: ``above``, ``below``, ``left of`` or ``right of`` (dominant axis)."""
+    dx = a.center[0] - b.center[0]
+    dy = a.center[1] - b.center[1]
+    if abs(dy) >= abs(dx):
+        return "above" if dy < 0 else "below"
+    return "left of" if dx < 0 else "right of"
+
+
+def caption_for(scene: Scene) -> str:
+    """English caption from a scene's actual attributes and positions.
+
+    One object: ``"a small red circle on a black background"``. Two: ``"a small red circle above a
+    large blue square on a black background"``. Each further object ``i`` is related to object 0:
+    ``"..., and a large green triangle right of the red circle, on a white background"``.
+    """
+    objs = scene.objects
+    head = objs[0].phrase()
+    if len(objs) >= 2:
+        head += f" {relation(objs[0], objs[1])} {objs[1].phrase()}"
+    first = f"the {objs[0].color} {objs[0].shape}"
+    clauses = [head] + [f"{o.phrase()} {relation(o, objs[0])} {first}" for o in objs[2:]]
+    text = ", and ".join(clauses) + ("," if len(clauses) > 1 else "")
+    return f"{text} on a {scene.background} background"
+
+
+class ShapesDataset(BaseImageDataset):
+    """Procedural images of 1-3 coloured shapes on a plain background.
+
+    Args:
+        split: ``train``, ``val`` or ``test``.
+        image_size: side in pixels.
+        channels: 3 (RGB) or 1 (grayscale, PIL's ITU-R 601 luma).
+        num_train, num_val, num_test: split sizes.
+        min_shapes, max_shapes: objects per image (1 <= min <= max <= 4).
+        seed: base seed; item ``i`` of split ``s`` is generated from ``SeedSequence([seed, s, i])``.
+
+    Item keys (``provides``): ``image`` float ``[C,H,W]`` in ``[-1,1]``; ``label`` = index in
+    :data:`SHAPES` of the *first* object's shape (the first object named in the caption;
+    ``num_classes = len(SHAPES)``); ``caption`` (see :func:`caption_for`); ``mask`` float ``[1,H,W]``
+    in {0,1}, the union of the objects' pixels (a pixel is in the mask when at least half of it is
+    covered, which matches where its colour is mostly an object's colour); ``index``.
+
+    Objects never overlap, their colours are distinct and the background colour is none of them
+    (and differs in luminance by at least 40/255 from each, so grayscale images keep contrast).
+    Structured attributes are available through :meth:`scene` and :meth:`describe`.
+    """
+
+    name = "shapes"
+    provides = ("image", "label", "caption", "mask", "index")
+    num_classes = len(SHAPES)
+    classes = SHAPES
+
+    def __init__(
+        self,
+        split: str = "train",
+        image_size: int = 32,
+        channels: int = 3,
+        num_train: int = 4096,
+        num_val: int = 512,
+        num_test: int = 512,
+        min_shapes: int = 1,
+        max_shapes: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(split, image_size, channels)
+        if not 1 <= min_shapes <= max_shapes <= 4:
+            raise ConfigError(f"need 1 <= min_shapes <= max_shapes <= 4, got min_shapes={min_shapes}, max_shapes={max_shapes}")
+        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        for key, n in sizes.items():
+            if not isinstance(n, int) or n < 0:
+                raise ConfigError(f"num_{key} must be an integer >= 0, got {n!r}")
+        if image_size < 8:
+            raise ConfigError(f"ShapesDataset needs image_size >= 8 to draw recognisable shapes, got {image_size}")
+        self.length = sizes[split]
+        self.min_shapes = min_shapes
+        self.max_shapes = max_shapes
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}, shapes={self.min_shapes}..{self.max_shapes}"
+
+    # -- scene generation -------------------------------------------------------------------
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed % (1 << 64), SPLITS.index(self.split), index]))
+
+    def scene(self, index: int) -> Scene:
+        """The structured scene of item ``index`` (deterministic)."""
+        index = self._check_index(index)
+        rng = self._rng(index)
+        n = int(rng.integers(self.min_shapes, self.max_shapes + 1))
+        color_names = list(COLORS)
+        colors = [color_names[i] for i in rng.choice(len(color_names), size=n, replace=False)]
+        objects: list[ShapeObject] = []
+        for k in range(n):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            size = "large" if rng.random() < 0.5 else "small"
+            extent = SIZES[size] * float(rng.uniform(0.92, 1.08))
+            lo, hi = _MARGIN + extent / 2, 1 - _MARGIN - extent / 2
+            for _ in range(64):
+                center = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+                cand = ShapeObject(shape, colors[k], size, center, extent)
+                if all(not _boxes_close(cand.box, o.box) for o in objects):
+                    objects.append(cand)
+                    break
+            # an object that does not fit after 64 tries is dropped (rare; only with 3-4 large ones)
+        lumas = [_luma(COLORS[o.color]) for o in objects]
+        bg_ok = [b for b, rgb in BACKGROUNDS.items() if min(abs(_luma(rgb) - l) for l in lumas) >= _MIN_LUMA_GAP]
+        background = bg_ok[int(rng.integers(len(bg_ok)))]
+        return Scene(background, tuple(objects))
+
+    def describe(self, index: int) -> list[dict[str, Any]]:
+        """Objects of item ``index`` in caption order, each a dict with ``shape``, ``color``, ``rgb``,
+        ``size``, ``center`` and ``extent`` (fractions of the side) and ``bbox`` ``(x0, y0, x1, y1)``
+        in pixels of this dataset's ``image_size`` (floats; x right, y down)."""
+        s = self.image_size
+        out = []
+        for obj in self.scene(index).objects:
+            d = asdict(obj)
+            d["rgb"] = COLORS[obj.color]
+            d["bbox"] = tuple(float(v) * s for v in obj.box)
+            out.append(d)
+        return out
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``."""
+        return caption_for(self.scene(index))
+
+    # -- rendering --------------------------------------------------------------------------
+    def render(self, scene: Scene) -> tuple[Image.Image, np.ndarray]:
+        """Draw ``scene``: an RGB PIL image of ``image_size`` and the coverage ``[H, W]`` in [0, 1]."""
+        s = self.image_size
+        big = s * _SUPERSAMPLE
+        img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
+        cov = Image.new("L", (big, big), 0)
+        draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(cov)
+        for obj in scene.objects:
+            pts = _outline(obj, big)
+            for d, fill in ((draw, COLORS[obj.color]), (mdraw, 255)):
+                if obj.shape == "circle":
+                    d.ellipse(pts, fill=fill)
+                elif obj.shape == "square":
+                    d.rectangle(pts, fill=fill)
+                else:
+                    d.polygon(pts, fill=fill)
+        img = img.resize((s, s), Image.Resampling.BOX)
+        coverage = np.asarray(cov.resize((s, s), Image.Resampling.BOX), dtype=np.float32) / 255.0
+        return img, coverage
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._check_index(index)
+        scene = self.scene(index)
+        img, coverage = self.render(scene)
+        if self.channels == 1:
+            img = img.convert("L")
+        return {
+            "image": pil_to_tensor(img),
+            "label": SHAPES.index(scene.objects[0].shape),
+            "caption": caption_for(scene),
+            "mask": torch.from_numpy((coverage >= 0.5).astype(np.float32))[None],
+            "index": index,
+        }
+
+
+def _boxes_close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return not (a[2] + _GAP <= b[0] or b[2] + _GAP <= a[0] or a[3] + _GAP <= b[1] or b[3] + _GAP <= a[1])
+
+
+def _outline(obj: ShapeObject, big: int) -> Any:
+    x0, y0, x1, y1 = (v * big for v in obj.box)
+    x1, y1 = x1 - 1, y1 - 1  # PIL includes the end coordinate
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if obj.shape in ("circle", "square"):
+        return [x0, y0, x1, y1]
+    if obj.shape == "triangle":
+        return [(cx, y0), (x1, y1), (x0, y1)]
+    if obj.shape == "diamond":
+        return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
+    raise ValueError(f"unknown shape {obj.shape!r}")
