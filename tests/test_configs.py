@@ -52,7 +52,7 @@ def test_every_option_composes(tmp_path, group):
 def test_every_experiment_composes(tmp_path, experiment):
     from omegaconf import OmegaConf
 
-    cfg = compose_cfg(tmp_path, f"experiment={experiment}", f"data.root={tmp_path}")
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}")
     OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -1,0 +1,1 @@
+"""mmexp configs: a package so Hydra finds them wherever mmexp is installed."""

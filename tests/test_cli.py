@@ -1,0 +1,50 @@
+"""`python -m mmexp` as a user types it, from a directory that is not the repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+TINY_GAN = ["model.generator.base_channels=8", "model.discriminator.base_channels=8",
+            "data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32",
+            "data.batch_size=16", "trainer=cpu", "trainer.enable_progress_bar=false"]
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    out = run_cli("--help", cwd=tmp_path).stdout
+    for text in ("model: dcgan, vae, vqvae", "trainer:", "logger:", "metrics:", "experiment:"):
+        assert text in out, out
+    for dataset in ("shapes", "digits", "fashion_mnist", "celeba", "folder"):
+        assert dataset in out
+
+
+def test_unknown_option_lists_the_available_ones(tmp_path):
+    proc = run_cli("model=nope", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'model/nope'" in proc.stderr
+    for choice in ("dcgan", "vae", "vqvae"):
+        assert choice in proc.stderr
+
+
+def test_run_dir_override_and_outputs(tmp_path):
+    run = tmp_path / "myrun"
+    run_cli(f"hydra.run.dir={run}", "logger=csv", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+            "metrics.num_samples=32", "metrics.reference_samples=32", f"paths.cache_dir={tmp_path / 'cache'}",
+            *TINY_GAN, cwd=tmp_path)
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "samples").glob("*.png"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "val/fid" in metrics and "val/kid_mean" in metrics
+
+
+def test_multirun_makes_one_directory_per_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "seed=1,2", "debug=fdr", "metrics=none", "logger=none", f"hydra.sweep.dir={sweep}",
+            *TINY_GAN, cwd=tmp_path)
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert runs == ["0", "1"], list(sweep.rglob("*"))
+    seeds = [(sweep / r / ".hydra" / "overrides.yaml").read_text() for r in runs]
+    assert "seed=1" in seeds[0] and "seed=2" in seeds[1]
