@@ -62,24 +62,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("task=eval needs a metrics protocol, e.g. metrics=fid10k_test (metrics=none was given)")
     model, datamodule, train_cfg = load_trained(cfg)
     suite = instantiate(cfg.metrics)
-    split = suite.protocol.get("split", "test")
-    callback = ValidationMetrics(suite, cache_dir=os.path.join(cfg.paths.cache_dir, "refstats"), prefix="eval")
+    split = suite.reference_split or "test"
+    callback = ValidationMetrics(suite, prefix="eval")
     callback.data_id = stable_hash(data_identity(train_cfg.data))
     callback.split = split
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
     )
     datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
-    loader = datamodule.dataloader(split, batch_size=suite.protocol.get("batch_size"))
+    loader = datamodule.dataloader(split, batch_size=suite.batch_size)
     with torch.random.fork_rng():
-        torch.manual_seed(int(suite.protocol.get("seed", 0)))
+        torch.manual_seed(int(suite.seed))
         trainer.validate(model, dataloaders=loader, verbose=False)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
     out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, callback.protocol)
     # and beside the evaluated run, so its results stay with it
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
     os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-    name = suite.protocol.get("name", "eval")
+    name = suite.name
     write_metrics_json(os.path.join(run_dir, "eval", f"{name}.json"), metrics, callback.protocol)
     for key, value in out.items():
         log.info("%s = %s", key, value)

@@ -14,110 +14,82 @@ log = logging.getLogger(__name__)
 class ValidationMetrics(pl.Callback):
     """Feeds each validation/test batch's outputs to a :class:`mmexp.metrics.MetricSuite`.
 
-    The model's ``validation_step`` returns images in [-1, 1]: ``real`` and ``fake`` (unpaired,
-    FID/KID/IS/PR) and, for reconstruction models, ``pred`` and ``target`` (paired, PSNR/SSIM/LPIPS).
-    The suite's protocol caps how many images count; when the split runs out before the protocol's
-    number of generated samples, more are drawn from ``pl_module.generate`` with a seeded generator.
-    Real-image statistics of a split are cached on disk under a key of (data, split, resolution,
-    protocol) and reused. Results are logged as ``<prefix>/<metric>`` (prefix: ``val``, ``test``, or
-    the one given, e.g. ``eval``), and the protocol is kept in ``self.protocol`` for metrics.json.
+    The model's ``validation_step`` returns images in [-1, 1]: ``real`` and ``fake`` (unpaired:
+    FID/KID/IS/PR) and, for reconstruction models, ``pred`` and ``target`` (paired: PSNR/SSIM/LPIPS).
+    The suite's protocol caps how many images count (``num_samples``, ``reference_samples``); when the
+    split runs out before the protocol's number of generated samples, the rest are drawn from
+    ``pl_module.generate`` with a seeded generator. Real-image statistics of a split are cached on disk
+    under a key of (data, split, resolution, protocol, weights) and reused by later validations and
+    runs. Results are logged as ``<prefix>/<metric>`` (``val``, ``test``, or the given prefix, e.g.
+    ``eval``); ``self.protocol`` is what metrics.json and the W&B summary record beside them.
     """
 
-    def __init__(self, suite: Any = None, cache_dir: str | None = None, prefix: str | None = None) -> None:
+    def __init__(self, suite: Any = None, prefix: str | None = None) -> None:
         self.suite = suite
-        self.cache_dir = cache_dir
         self.prefix = prefix
         self.data_id: str = "unknown"  # set by the entry point: a hash of the data config
-        self.split: str | None = None  # the split being scored; None: the stage's own (val/test)
+        self.split: str | None = None  # the split scored; None: the stage's own (val / test)
         self._active = False
-        self._reference_cached = False
-        self._reference_key: str | None = None
-        self._n_real = self._n_fake = self._n_pair = 0
+        self._key: str | None = None
+        self._cached = False
 
     @property
     def protocol(self) -> dict | None:
         return dict(self.suite.protocol) if self.suite is not None else None
 
-    @property
-    def _limit(self) -> int | None:
-        n = self.protocol.get("num_samples") if self.suite is not None else None
-        return int(n) if n else None
-
-    # -- lifecycle -------------------------------------------------------------------------------
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._active = self.suite is not None and not trainer.sanity_checking
         if not self._active:
             return
         self._stage = self.prefix or stage
-        self.suite.to(pl_module.device)
         self.suite.reset()
-        self._n_real = self._n_fake = self._n_pair = 0
-        self._reference_cached = False
-        self._reference_key = None
-        if self.cache_dir and hasattr(self.suite, "reference_key"):
-            split = self.split or stage
+        self._key, self._cached = None, False
+        if self.suite.needs_features:
             shape = getattr(pl_module, "image_shape", None)
-            resolution = int(shape[-1]) if shape else 0
-            self._reference_key = self.suite.reference_key(
-                dataset=f"{self.data_id}-n{self._num_batches(trainer, stage)}", split=split, resolution=resolution
-            )
-            self._reference_cached = bool(self.suite.load_reference(self._reference_key, self.cache_dir))
-
-    @staticmethod
-    def _num_batches(trainer: pl.Trainer, stage: str) -> int:
-        counts = trainer.num_val_batches if stage == "val" else trainer.num_test_batches
-        return int(sum(counts)) if counts else 0
-
-    def _take(self, images: torch.Tensor, seen: int) -> torch.Tensor:
-        limit = self._limit
-        return images if limit is None else images[: max(0, limit - seen)]
+            batches = trainer.num_val_batches if stage == "val" else trainer.num_test_batches
+            # the number of batches scored is part of what defines the reference set
+            dataset = f"{self.data_id}-batches{int(sum(batches)) if batches else 0}"
+            self._key = self.suite.reference_key(dataset=dataset, split=self.split or stage,
+                                                 resolution=int(shape[-1]) if shape else None)
+            self._cached = self.suite.load_reference(self._key)
 
     def _update(self, outputs: Any) -> None:
         if not self._active or not isinstance(outputs, dict):
             return
-        if "real" in outputs and not self._reference_cached:
-            real = self._take(outputs["real"], self._n_real)
-            if len(real):
-                self.suite.update_real(real)
-                self._n_real += len(real)
+        if "real" in outputs and self.suite.needs_real:
+            self.suite.update_real(outputs["real"])
         if "fake" in outputs:
-            fake = self._take(outputs["fake"], self._n_fake)
-            if len(fake):
-                self.suite.update_fake(fake)
-                self._n_fake += len(fake)
+            self.suite.update_fake(outputs["fake"])
         if "pred" in outputs and "target" in outputs:
-            pred = self._take(outputs["pred"], self._n_pair)
-            if len(pred):
-                self.suite.update_pair(pred, outputs["target"][: len(pred)])
-                self._n_pair += len(pred)
+            self.suite.update_pair(outputs["pred"], outputs["target"])
 
     def _top_up_fakes(self, pl_module: pl.LightningModule) -> None:
         """Generate what the split could not provide, up to the protocol's number of samples."""
-        limit = self._limit
-        if limit is None or self._n_fake == 0 or self._n_fake >= limit or not hasattr(pl_module, "generate"):
+        limit = self.suite.num_samples
+        if not limit or not self.suite.needs_features or self.suite.num_fake >= limit:
             return
-        seed = int(self.protocol.get("seed", 0))
-        generator = torch.Generator(device=pl_module.device).manual_seed(seed + 1_000_003)
-        batch = int(self.protocol.get("batch_size") or 64)
+        if self.suite.num_fake == 0 or not hasattr(pl_module, "generate"):
+            return
+        generator = torch.Generator(device=pl_module.device).manual_seed(int(self.suite.seed) + 1_000_003)
         with torch.no_grad():
-            while self._n_fake < limit:
+            while self.suite.num_fake < limit:
+                n = min(self.suite.batch_size, limit - self.suite.num_fake)
                 try:
-                    fake = pl_module.generate(min(batch, limit - self._n_fake), generator=generator)
+                    self.suite.update_fake(pl_module.generate(n, generator=generator))
                 except NotImplementedError:
                     return  # reconstruction models: as many fakes as reconstructions
-                self.suite.update_fake(fake)
-                self._n_fake += len(fake)
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._active:
             return
         self._active = False
         self._top_up_fakes(pl_module)
-        if self._reference_key and not self._reference_cached and self._n_real:
-            self.suite.save_reference(self._reference_key, self.cache_dir)
+        if self._key and not self._cached and self.suite.needs_real and self.suite.num_real:
+            path = self.suite.save_reference(self._key)
+            log.info("reference statistics of %s cached in %s", self.split or self._stage, path)
         results = self.suite.compute()
-        counts = {"n_real": self._n_real, "n_fake": self._n_fake, "n_pair": self._n_pair}
-        log.info("%s metrics (%s): %s", self._stage, counts, {k: round(float(v), 5) for k, v in results.items()})
+        counts = {"real": self.suite.num_real, "fake": self.suite.num_fake, "pairs": self.suite.num_pairs}
+        log.info("%s metrics %s: %s", self._stage, counts, {k: round(float(v), 5) for k, v in results.items()})
         for name, value in results.items():
             pl_module.log(f"{self._stage}/{name}", float(value), sync_dist=False, rank_zero_only=True)
 
