@@ -1,0 +1,5 @@
+"""Losses shared by the models."""
+
+from mmexp.losses.gan import GANLoss
+
+__all__ = ["GANLoss"]

@@ -1,0 +1,11 @@
+"""Networks: plain ``nn.Module``s that know nothing of training (one network per file)."""
+
+from mmexp.networks.autoencoder import Decoder, Encoder, ResidualBlock
+from mmexp.networks.dcgan import DCGANDiscriminator, DCGANGenerator
+from mmexp.networks.vae import GaussianDecoder, GaussianEncoder
+from mmexp.networks.vqvae import QuantizerOutput, VectorQuantizer
+
+__all__ = [
+    "DCGANGenerator", "DCGANDiscriminator", "Encoder", "Decoder", "ResidualBlock",
+    "GaussianEncoder", "GaussianDecoder", "VectorQuantizer", "QuantizerOutput",
+]

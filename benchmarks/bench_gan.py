@@ -1,0 +1,152 @@
+"""Throughput of the GAN LightningModule under ``lightning.Trainer`` vs a plain PyTorch loop.
+
+Both run the same DCGAN networks (same init), batch, optimizers (Adam 2e-4, betas 0.5/0.999)
+and loss (non-saturating BCE) in this process, one D and one G update per batch (n_disc=1),
+on the same in-memory pre-batched data. Warm-up iterations are excluded; each side runs
+``--repeats`` times alternately and every iteration is timed (from one batch start to the
+next, so loop overhead counts); the reported rate is 1 / median iteration time, which is robust
+to other jobs on a shared machine (the mean is printed too). An iteration = one batch =
+one D step + one G step (two Lightning ``global_step``s).
+
+    python benchmarks/bench_gan.py --steps 50 --batch-size 64 --image-size 32 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmexp.losses import GANLoss
+from mmexp.models import GAN
+from mmexp.networks import DCGANDiscriminator, DCGANGenerator
+
+
+class Batches(Dataset):
+    """Pre-made dict batches (so collation costs nothing and is identical for both sides)."""
+
+    def __init__(self, n: int, batch_size: int, channels: int, size: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, batch_size, channels, size, size, generator=g) * 2 - 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "index": torch.full((self.images.shape[1],), i)}
+
+
+def networks(args):
+    torch.manual_seed(0)
+    g = DCGANGenerator(args.latent_dim, args.channels, args.image_size, args.base_channels)
+    d = DCGANDiscriminator(args.channels, args.image_size, args.base_channels)
+    return g, d
+
+
+def adam():
+    return functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
+
+
+class Timer(L.Callback):
+    """Timestamps at the start of every batch and at the end of the last one."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def _now(self, module) -> float:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        return time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.stamps.append(self._now(module))
+
+    def on_train_end(self, trainer, module):
+        self.stamps.append(self._now(module))
+
+
+def timed(stamps: list[float], warmup: int) -> list[float]:
+    """Per-iteration seconds after the warm-up."""
+    return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+
+
+def run_lightning(args, data) -> float:
+    g, d = networks(args)
+    model = GAN(g, d, "bce", adam(), adam(), n_disc=1)
+    timer = Timer()
+    trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
+                        devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(model, DataLoader(data, batch_size=None, shuffle=False))
+    return timed(timer.stamps, args.warmup)
+
+
+def run_plain(args, data) -> float:
+    dev = torch.device(args.device)
+    g, d = networks(args)
+    g, d = g.to(dev).train(), d.to(dev).train()
+    opt_g, opt_d = adam()(params=g.parameters()), adam()(params=d.parameters())
+    loss = GANLoss("bce")
+    stamps = []
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    for batch in DataLoader(data, batch_size=None, shuffle=False):
+        sync()
+        stamps.append(time.perf_counter())
+        real = batch["image"].to(dev)
+        b = real.shape[0]
+        with torch.no_grad():
+            fake = g(torch.randn(b, args.latent_dim, device=dev))
+        d_loss = loss.d_loss(d(real), d(fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        d.requires_grad_(False)
+        g_loss = loss.g_loss(d(g(torch.randn(b, args.latent_dim, device=dev))))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        d.requires_grad_(True)
+    sync()
+    stamps.append(time.perf_counter())
+    return timed(stamps, args.warmup)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=50, help="timed iterations (batches)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32, choices=(28, 32, 64))
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--base-channels", type=int, default=32)
+    p.add_argument("--latent-dim", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    data = Batches(args.warmup + args.steps, args.batch_size, args.channels, args.image_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lit, plain = [], []
+    for _ in range(args.repeats):  # alternate, so slow phases of a shared machine hit both
+        lit += run_lightning(args, data)
+        plain += run_plain(args, data)
+    med_l, med_p = statistics.median(lit), statistics.median(plain)
+    print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
+          f"size={args.image_size} base_channels={args.base_channels} "
+          f"{args.repeats} x {args.steps} timed iterations (+{args.warmup} warm-up each)")
+    for name, t, med in (("lightning GAN", lit, med_l), ("plain loop", plain, med_p)):
+        print(f"{name:14s}: {1 / med:8.2f} it/s median, {len(t) / sum(t):8.2f} it/s mean, "
+              f"{1 / min(t):8.2f} it/s best iteration")
+    print(f"ratio lightning/plain (medians) = {med_p / med_l:.3f}  (goal >= 0.95); "
+          f"means: {sum(plain) / sum(lit):.3f}; best iterations: {min(plain) / min(lit):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Exponential moving average of a module's weights (e.g. the GAN generator).
+
+Used for evaluation/sampling as in Karras et al. 2018 (ProGAN) and Yazıcı et al., "The
+Unusual Effectiveness of Averaging in GAN Training", ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mmexp.errors import ConfigError
+
+
+class EMA(nn.Module):
+    """Holds ``module`` (a frozen deep copy of the source) whose parameters track the source's.
+
+    Args:
+        source (nn.Module): the trained module. It is *not* registered as a submodule (so it is
+            not stored twice in a state_dict); assign the EMA as an attribute of the
+            LightningModule that owns ``source`` so ``ema.module`` lands in its checkpoints.
+        decay (float): ``ema = decay * ema + (1 - decay) * source``. Default: 0.999.
+        start_step (int): before this step ``update`` copies the source instead of averaging.
+            Default: 0.
+
+    ``update(step)`` averages the parameters and copies the buffers (e.g. BatchNorm statistics,
+    spectral-norm vectors). ``forward`` runs the averaged copy.
+    """
+
+    def __init__(self, source: nn.Module, decay: float = 0.999, start_step: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ConfigError(f"EMA: decay must be in [0, 1], got {decay}")
+        self.decay, self.start_step = float(decay), int(start_step)
+        self.module = copy.deepcopy(source).requires_grad_(False)
+        self._source = (source,)  # a tuple, so nn.Module does not register it
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        src = self._source[0]
+        ema_p, src_p = list(self.module.parameters()), list(src.parameters())
+        if step < self.start_step:
+            torch._foreach_copy_(ema_p, [p.detach() for p in src_p])
+        else:
+            torch._foreach_lerp_(ema_p, [p.detach() for p in src_p], 1.0 - self.decay)
+        for b_ema, b_src in zip(self.module.buffers(), src.buffers()):
+            b_ema.copy_(b_src)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, start_step={self.start_step}"

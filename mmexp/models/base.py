@@ -1,0 +1,173 @@
+"""Shared parts of mmexp's LightningModules: shape/batch checks, the non-finite-loss guard,
+optimizer construction from Hydra partials, deterministic validation noise."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode under ``torch.no_grad`` and restore their modes afterwards."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+class GenerativeModule(L.LightningModule):
+    """Base class of the generative LightningModules.
+
+    Args:
+        finite_check_every_n_steps (int): every training loss passes through
+            :meth:`guard_finite`, which accumulates a *device-side* record of the first
+            non-finite loss (``torch.isfinite``, no host sync) and reads it back (a host sync)
+            every this many training batches, raising :class:`NonFiniteLossError`. Default: 1:
+            the check runs before each backward, so a NaN/inf never reaches ``backward`` or an
+            optimizer step and the weights in memory and on disk stay the last good ones. On GPU
+            a larger value avoids one sync per step; then up to N-1 optimizer steps may run on
+            non-finite gradients before the error, so the weights in memory are corrupt, but
+            :meth:`assert_finite` (called by the checkpoint callback before every save, and at
+            the end of each training epoch) refuses to let them be saved: resume from the last
+            checkpoint.
+        sample_seed (int): seed of the dedicated ``torch.Generator`` used for validation and
+            preview noise, so samples are comparable across validations. Default: 0.
+
+    Subclasses define ``image_shape``, call :meth:`check_batch` and :meth:`guard_finite` in their
+    steps, and build optimizers with :meth:`build_optimizer`.
+    """
+
+    #: batch keys the model consumes (see docs/interfaces.md)
+    required_keys: tuple[str, ...] = ("image",)
+
+    def __init__(self, finite_check_every_n_steps: int = 1, sample_seed: int = 0) -> None:
+        super().__init__()
+        if finite_check_every_n_steps < 1:
+            raise ValueError("finite_check_every_n_steps must be >= 1, "
+                             f"got {finite_check_every_n_steps}")
+        self.finite_check_every_n_steps = int(finite_check_every_n_steps)
+        self.sample_seed = int(sample_seed)
+        # loss name -> (first bad step, or -1; value at that step), device tensors, not saved
+        self._nonfinite: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._batches_seen = 0
+        self._val_rng: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ shapes and batches
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def check_data(self, image_shape: Iterable[int]) -> None:
+        """Raise ShapeMismatchError unless the data's ``(C, H, W)`` equals :attr:`image_shape`."""
+        data, model = tuple(int(s) for s in image_shape), tuple(self.image_shape)
+        if data != model:
+            raise ShapeMismatchError(
+                f"data gives images of shape {data} but the model is built for {model}; set "
+                f"data.image_size/data.channels or the model's channels/image_size to agree")
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Raise MissingBatchKeyError naming the first required key missing from ``batch``."""
+        for key in self.required_keys:
+            if key not in batch:
+                raise MissingBatchKeyError(
+                    f"{type(self).__name__} needs batch key {key!r} but the dataset provides "
+                    f"only {sorted(batch)}; choose a dataset that provides {key!r}")
+
+    def setup(self, stage: str) -> None:
+        """Fail early if the trainer's datamodule disagrees with the model (shape, keys)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        shape = getattr(dm, "image_shape", None)
+        if shape is not None:
+            self.check_data(shape)
+        provides = getattr(dm, "provides", None)
+        if provides:
+            self.check_batch(dict.fromkeys(provides))
+
+    # ------------------------------------------------------------------ non-finite guard
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batches_seen += 1
+
+    def guard_finite(self, **losses: torch.Tensor) -> None:
+        """Record non-finite ``losses`` (name -> scalar tensor) without a host sync; every
+        ``finite_check_every_n_steps`` batches (every call when 1) check and raise."""
+        step = self.global_step
+        for name, loss in losses.items():
+            loss = loss.detach()
+            rec = self._nonfinite.get(name)
+            if rec is None or rec[0].device != loss.device:
+                rec = (torch.full((), -1, dtype=torch.long, device=loss.device),
+                       torch.zeros((), dtype=loss.dtype, device=loss.device))
+                self._nonfinite[name] = rec
+            first, value = rec
+            new = ~torch.isfinite(loss).all() & (first < 0)
+            first.masked_fill_(new, step)
+            value.copy_(torch.where(new, loss.reshape(-1)[0].to(value.dtype), value))
+        if self._batches_seen % self.finite_check_every_n_steps == 0:
+            self.assert_finite()
+
+    def assert_finite(self) -> None:
+        """Raise NonFiniteLossError if any guarded loss has been non-finite (host sync)."""
+        for name, (first, value) in self._nonfinite.items():
+            step = int(first)
+            if step < 0:
+                continue
+            n = self.finite_check_every_n_steps
+            if n == 1:
+                consequence = ("no backward or optimizer step ran on it, so the weights in memory "
+                               "and the last checkpoint are from the last good step")
+            else:
+                consequence = (f"non-finite checks run every {n} steps, so the weights in memory "
+                               f"were updated with it after step {step} and will not be saved; "
+                               "resume from the last checkpoint")
+            raise NonFiniteLossError(
+                f"loss {name!r} became non-finite ({float(value)}) at step {step}; {consequence}. "
+                "Try a lower learning rate, gradient clipping or a different loss.")
+
+    def on_train_epoch_end(self) -> None:
+        self.assert_finite()
+
+    # ------------------------------------------------------------------ optimizers and noise
+    @staticmethod
+    def build_optimizer(optimizer: Callable[..., torch.optim.Optimizer], params: Iterable,
+                        scheduler: Callable[..., Any] | None = None
+                        ) -> tuple[torch.optim.Optimizer, Any]:
+        """``optimizer(params=...)`` from a Hydra partial; ``scheduler(optimizer=...)`` if given.
+        Parameters with ``requires_grad=False`` (e.g. an EMA codebook) are left out."""
+        opt = optimizer(params=[p for p in params if p.requires_grad])
+        return opt, (scheduler(optimizer=opt) if scheduler is not None else None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rng = torch.Generator().manual_seed(self.sample_seed)
+
+    def val_generator(self) -> torch.Generator:
+        """The validation RNG (CPU, re-seeded with ``sample_seed`` at each validation start)."""
+        if self._val_rng is None:
+            self.on_validation_epoch_start()
+        return self._val_rng
+
+    def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise on the module's device: from ``generator`` if given (drawn on
+        the generator's device, then moved, so a CPU generator gives the same numbers on any
+        device), else from the global torch RNG."""
+        if generator is None:
+            return torch.randn(*shape, device=self.device)
+        return torch.randn(*shape, generator=generator, device=generator.device).to(self.device)
+
+    def preview_generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded with ``sample_seed``: the same noise at every preview."""
+        return torch.Generator().manual_seed(self.sample_seed)

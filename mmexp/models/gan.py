@@ -1,0 +1,161 @@
+"""Unconditional GAN (e.g. DCGAN) as a LightningModule with manual optimisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmexp.ema import EMA
+from mmexp.errors import ConfigError
+from mmexp.losses.gan import GANLoss
+from mmexp.models.base import GenerativeModule, eval_mode
+
+
+class GAN(GenerativeModule):
+    """GAN training: alternating discriminator and generator updates (Goodfellow et al. 2014).
+
+    Args:
+        generator (nn.Module): ``z [B, latent_dim] -> images [B, C, H, W]`` in [-1, 1]; must
+            expose ``latent_dim``, ``channels`` and ``image_size``.
+        discriminator (nn.Module): ``images -> logits [B]``; ``channels``/``image_size`` must
+            match the generator's when it exposes them.
+        loss (GANLoss | str): the adversarial loss, or its kind (``"bce"``, ``"hinge"``).
+        optimizer_g, optimizer_d (Callable): Hydra partials called as ``optimizer(params=...)``;
+            separate learning rates give TTUR (Heusel et al. 2017).
+        scheduler_g, scheduler_d (Callable | None): partials called as
+            ``scheduler(optimizer=...)``, stepped after every step of their optimizer.
+            Default: None.
+        n_disc (int): discriminator updates per generator update. Default: 1.
+        ema_decay (float | None): keep an EMA of the generator with this decay and use it for
+            :meth:`generate`, previews and validation fakes. Default: None (off).
+        ema_start (int): generator steps before which the EMA just copies the generator.
+            Default: 0.
+        num_preview (int): images in :meth:`preview` (a square grid when a square). Default: 64.
+        sample_seed (int): seed of the validation/preview noise. Default: 0.
+        finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
+
+    ``n_disc`` follows StudioGAN (``d_updates_per_step``): every D update uses a fresh real
+    batch, so the discriminator takes one step on **every** training batch and the generator
+    one step on every ``n_disc``-th batch (after that batch's D step, with fresh noise).
+    Lightning's ``trainer.global_step`` counts every optimizer step in manual optimisation, so a
+    cycle of ``n_disc`` batches adds ``n_disc + 1`` to it: ``max_steps=S`` trains
+    ``S * n_disc / (n_disc + 1)`` batches (``S / 2`` with ``n_disc=1``) and
+    ``S / (n_disc + 1)`` generator steps. The position in the cycle is derived from
+    ``global_step`` (restored on resume), so resuming mid-cycle stays in phase.
+
+    Training noise comes from the global torch RNG; validation and preview noise from a
+    ``torch.Generator`` seeded with ``sample_seed``. Logs (per step, tensors) ``train/d_loss``,
+    ``train/g_loss``, and ``train/d_real`` / ``train/d_fake``: mean raw discriminator logits
+    on the real and generated batch.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: GANLoss | str,
+                 optimizer_g: Callable[..., torch.optim.Optimizer],
+                 optimizer_d: Callable[..., torch.optim.Optimizer],
+                 scheduler_g: Callable[..., Any] | None = None,
+                 scheduler_d: Callable[..., Any] | None = None, n_disc: int = 1,
+                 ema_decay: float | None = None, ema_start: int = 0, num_preview: int = 64,
+                 sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed)
+        self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
+                                          "optimizer_d", "scheduler_g", "scheduler_d"])
+        self.automatic_optimization = False
+        if n_disc < 1:
+            raise ConfigError(f"GAN: n_disc must be >= 1, got {n_disc}")
+        for attr in ("channels", "image_size"):
+            g, d = getattr(generator, attr, None), getattr(discriminator, attr, None)
+            if g is not None and d is not None and g != d:
+                raise ConfigError(f"GAN: generator {attr}={g} but discriminator {attr}={d}")
+        self.generator, self.discriminator = generator, discriminator
+        self.loss = GANLoss(loss) if isinstance(loss, str) else loss
+        self.latent_dim = int(generator.latent_dim)
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.n_disc, self.num_preview = int(n_disc), int(num_preview)
+        self.ema = EMA(generator, ema_decay, ema_start) if ema_decay is not None else None
+        self._sched: dict[str, Any] = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        g = self.generator
+        return (int(g.channels), int(g.image_size), int(g.image_size))
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The network used for samples: the EMA generator when enabled, else the generator."""
+        return self.ema.module if self.ema is not None else self.generator
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        opt_d, sch_d = self.build_optimizer(self.optimizer_d, self.discriminator.parameters(),
+                                            self.scheduler_d)
+        opt_g, sch_g = self.build_optimizer(self.optimizer_g, self.generator.parameters(),
+                                            self.scheduler_g)
+        self._sched = {"d": sch_d, "g": sch_g}
+        scheds = [s for s in (sch_d, sch_g) if s is not None]
+        return ([opt_d, opt_g], scheds) if scheds else [opt_d, opt_g]
+
+    def is_generator_step(self) -> bool:
+        """Whether the current batch (before its D step) ends with a G step."""
+        return self.global_step % (self.n_disc + 1) == self.n_disc - 1
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.check_batch(batch)
+        real = batch["image"]
+        b = real.shape[0]
+        opt_d, opt_g = self.optimizers()
+        g_step = self.is_generator_step()
+
+        with torch.no_grad():
+            fake = self.generator(self.randn(b, self.latent_dim))
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        d_loss = self.loss.d_loss(real_logits, fake_logits)
+        self.guard_finite(**{"train/d_loss": d_loss})
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        if self._sched.get("d") is not None:
+            self._sched["d"].step()
+        logs = {"train/d_loss": d_loss.detach(), "train/d_real": real_logits.detach().mean(),
+                "train/d_fake": fake_logits.detach().mean()}
+
+        if g_step:
+            self.discriminator.requires_grad_(False)
+            try:
+                g_loss = self.loss.g_loss(self.discriminator(
+                    self.generator(self.randn(b, self.latent_dim))))
+                self.guard_finite(**{"train/g_loss": g_loss})
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                opt_g.step()
+            finally:
+                self.discriminator.requires_grad_(True)
+            if self._sched.get("g") is not None:
+                self._sched["g"].step()
+            if self.ema is not None:
+                self.ema.update(self.global_step // (self.n_disc + 1))
+            logs["train/g_loss"] = g_loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=True)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples ``[n, C, H, W]`` in [-1, 1] from the EMA generator when enabled (eval
+        mode, no grad). Noise from ``generator`` if given, else the global torch RNG."""
+        z = self.randn(n, self.latent_dim, generator=generator)
+        with eval_mode(self.sampler):
+            return self.sampler(z).clamp(-1, 1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        real = batch["image"]
+        return {"real": real, "fake": self.generate(real.shape[0], self.val_generator())}
+
+    def preview(self, batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, int]:
+        """``num_preview`` samples from fixed noise (the same at every call) and the grid's
+        row length (``sqrt(num_preview)`` rounded down). ``batch`` is unused."""
+        images = self.generate(self.num_preview, self.preview_generator())
+        return images, max(1, math.isqrt(self.num_preview))

@@ -1,0 +1,281 @@
+"""LightningModules: training on dict batches, guards, sampling semantics, configs."""
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
+from mmexp.models import GAN, VAE, VQVAE
+from mmexp.networks import (
+    DCGANDiscriminator, DCGANGenerator, Decoder, Encoder, GaussianDecoder, GaussianEncoder,
+    VectorQuantizer,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "mmexp" / "conf" / "model"
+C, S, B = 3, 32, 4
+adam = functools.partial(torch.optim.Adam, lr=1e-3)
+
+
+class RandomImages(Dataset):
+    """Dict samples; ``nan_at`` puts NaN images in the batches with these (0-based) indices."""
+
+    def __init__(self, n=32, nan_batches=(), fixed=False):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(n, C, S, S, generator=g) * 2 - 1
+        if fixed:
+            self.x[:] = self.x[:B].repeat(n // B, 1, 1, 1)
+        self.nan_batches = set(nan_batches)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i].clone()
+        if i // B in self.nan_batches:
+            x[0, 0, 0] = float("nan")
+        return {"image": x, "index": i}
+
+
+def loader(**kw):
+    return DataLoader(RandomImages(**kw), batch_size=B)
+
+
+def trainer(max_steps=3, callbacks=()):
+    return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0,
+                     callbacks=list(callbacks))
+
+
+def make_gan(**kw):
+    return GAN(DCGANGenerator(16, C, S, 8), DCGANDiscriminator(C, S, 8), "bce", adam, adam, **kw)
+
+
+def make_vae(**kw):
+    net = {"channels": C, "image_size": S, "latent_dim": 8, "base_channels": 8,
+           "channel_mults": (1, 2)}
+    return VAE(GaussianEncoder(**net), GaussianDecoder(**net), adam, **kw)
+
+
+def make_vqvae(ema=True, **kw):
+    enc = Encoder(C, S, 8, 8, (1, 2, 2), 1)
+    return VQVAE(enc, VectorQuantizer(32, 8, ema=ema), Decoder(C, 8, 8, (1, 2, 2), 1), adam, **kw)
+
+
+MAKERS = {"gan": make_gan, "vae": make_vae, "vqvae": make_vqvae}
+
+
+class Recorder(L.Callback):
+    """Keeps the logged metrics and a copy of the state_dict after every training batch."""
+
+    def __init__(self):
+        self.metrics, self.state = [], None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_trains_and_logs_finite(name):
+    model, rec = MAKERS[name](), Recorder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer(callbacks=[rec]).fit(model, loader())
+    keys = {"gan": {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"},
+            "vae": {"train/loss", "train/recon", "train/kl"},
+            "vqvae": {"train/loss", "train/recon", "train/perplexity", "train/codebook_usage",
+                      "train/psnr"}}[name]
+    assert keys <= set(rec.metrics[-1])
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in rec.metrics)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+
+
+@pytest.mark.parametrize("name", ["vae", "vqvae"])
+def test_loss_decreases_on_a_fixed_batch(name):
+    model, rec = MAKERS[name](), Recorder()
+    trainer(max_steps=15, callbacks=[rec]).fit(model, loader(n=64, fixed=True))
+    losses = [m["train/loss"] for m in rec.metrics]
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+# ----------------------------------------------------------------------------- guards
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_nan_raises_before_step_and_keeps_parameters(name):
+    model, rec = MAKERS[name](), Recorder()
+    with pytest.raises(NonFiniteLossError) as e:
+        trainer(max_steps=20, callbacks=[rec]).fit(model, loader(nan_batches=(2,)))
+    assert "train/" in str(e.value) and "step" in str(e.value)
+    assert len(rec.metrics) == 2  # batches 0 and 1 finished, batch 2 raised
+    params = dict(model.named_parameters())
+    for k, v in rec.state.items():
+        if k in params:
+            assert torch.equal(params[k].detach(), v), k
+
+
+def test_nan_with_sparse_checks_raises_later_and_assert_finite():
+    model, rec = make_vae(finite_check_every_n_steps=3), Recorder()
+    with pytest.raises(NonFiniteLossError, match=r"at step 1\b.*every 3 steps") as e:
+        trainer(max_steps=20, callbacks=[rec]).fit(model, loader(nan_batches=(1,)))
+    assert len(rec.metrics) == 2  # the check on batch 3 (index 2) raised
+    with pytest.raises(NonFiniteLossError):
+        model.assert_finite()
+    assert "train/loss" in str(e.value)
+
+
+def test_shape_mismatch_names_both_shapes():
+    model = make_gan()
+    model.check_data((3, 32, 32))
+    with pytest.raises(ShapeMismatchError) as e:
+        model.check_data((1, 28, 28))
+    assert "(1, 28, 28)" in str(e.value) and "(3, 32, 32)" in str(e.value)
+
+    class DM(L.LightningDataModule):
+        image_shape, provides = (1, 28, 28), ("image", "index")
+
+        def train_dataloader(self):
+            return loader()
+
+    with pytest.raises(ShapeMismatchError, match=r"\(1, 28, 28\)"):
+        trainer().fit(make_vae(), datamodule=DM())
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_missing_batch_key_names_it(name):
+    model = MAKERS[name]()
+    with pytest.raises(MissingBatchKeyError) as e:
+        model.training_step({"label": torch.zeros(B), "index": torch.arange(B)}, 0)
+    msg = str(e.value)
+    assert "'image'" in msg and "label" in msg and "index" in msg
+
+
+# ----------------------------------------------------------------------------- GAN specifics
+@pytest.mark.parametrize("n_disc,max_steps,d_steps,g_steps", [(1, 4, 2, 2), (2, 6, 4, 2),
+                                                               (3, 8, 6, 2), (3, 9, 7, 2)])
+def test_gan_n_disc(n_disc, max_steps, d_steps, g_steps):
+    model, rec = make_gan(n_disc=n_disc), Recorder()
+    tr = trainer(max_steps=max_steps, callbacks=[rec])
+    tr.fit(model, loader())
+    opt_d, opt_g = tr.optimizers
+    step = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
+    assert (step(opt_d), step(opt_g)) == (d_steps, g_steps)
+    assert tr.global_step == max_steps == d_steps + g_steps  # global_step counts both
+    assert len(rec.metrics) == d_steps  # one D step per batch
+
+
+@pytest.mark.parametrize("name,kw", [("gan", {"ema_decay": 0.9, "n_disc": 2}),
+                                     ("vqvae", {})])
+def test_checkpoint_is_weights_only_and_resumes_in_phase(tmp_path, name, kw):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ck = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[ck],
+              enable_progress_bar=False, enable_model_summary=False).fit(MAKERS[name](**kw),
+                                                                         loader())
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)  # plain tensors and primitives
+    assert all(isinstance(v, (int, float, str, bool, type(None)))
+               for v in ckpt["hyper_parameters"].values())
+    tr = trainer(max_steps=6)
+    tr.fit(MAKERS[name](**kw), loader(), ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+    steps = [int(next(iter(o.state.values()))["step"]) for o in tr.optimizers]
+    assert steps == ([4, 2] if name == "gan" else [6])  # D, D, G | D, D, G
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_gan_ema_decides_which_generator_samples(ema):
+    model = make_gan(ema_decay=0.5 if ema else None)
+    trainer().fit(model, loader())
+    assert ("ema.module.net.0.weight" in model.state_dict()) == ema
+    z = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
+    samples = model.generate(5, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.generator.eval()
+        from_g = model.generator(z)
+        from_ema = model.ema.module.eval()(z) if ema else None
+    model.train()
+    if ema:
+        torch.testing.assert_close(samples, from_ema)
+        assert not torch.allclose(samples, from_g)
+    else:
+        torch.testing.assert_close(samples, from_g)
+
+
+def test_gan_validation_and_preview_are_reproducible():
+    model = make_gan(num_preview=16)
+    batch = next(iter(loader()))
+    model.on_validation_epoch_start()
+    out1 = model.validation_step(batch, 0)
+    model.on_validation_epoch_start()
+    out2 = model.validation_step(batch, 0)
+    assert set(out1) == {"real", "fake"} and out1["fake"].shape == batch["image"].shape
+    torch.testing.assert_close(out1["fake"], out2["fake"])
+    state = torch.get_rng_state()
+    (p1, nrow), (p2, _) = model.preview(batch), model.preview(batch)
+    assert torch.equal(state, torch.get_rng_state())  # global RNG untouched
+    assert p1.shape == (16, C, S, S) and nrow == 4 and torch.equal(p1, p2)
+    assert p1.min() >= -1 and p1.max() <= 1
+
+
+# ----------------------------------------------------------------------------- VAE / VQ-VAE
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_vae_outputs(likelihood):
+    model = make_vae(likelihood=likelihood, num_preview=3)
+    batch = next(iter(loader()))
+    model.on_validation_epoch_start()
+    out = model.validation_step(batch, 0)
+    assert set(out) == {"real", "fake", "pred", "target"}
+    for v in out.values():
+        assert v.shape == batch["image"].shape and v.min() >= -1 and v.max() <= 1
+    images, nrow = model.preview(batch)
+    assert images.shape == (9, C, S, S) and nrow == 3
+    assert model.generate(2).shape == (2, C, S, S)
+    recon, kl, _ = model.elbo_terms(batch["image"])
+    assert torch.isfinite(recon) and kl >= 0
+
+
+def test_vqvae_codes_and_outputs():
+    model = make_vqvae(num_preview=2)
+    batch = next(iter(loader()))
+    idx = model.encode(batch["image"])
+    assert idx.shape == (B, 8, 8) and idx.dtype == torch.long
+    rec = model.decode_indices(idx)
+    torch.testing.assert_close(rec, model.reconstruct(batch["image"]))
+    out = model.validation_step(batch, 0)
+    assert set(out) == {"real", "fake", "pred", "target"} and torch.equal(out["fake"], out["pred"])
+    images, nrow = model.preview(batch)
+    assert images.shape == (4, C, S, S) and nrow == 2
+    with pytest.raises(NotImplementedError, match="reconstruct"):
+        model.generate(4)
+
+
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name,channels,size", [("dcgan", 3, 32), ("dcgan", 1, 28),
+                                                ("dcgan", 3, 64), ("vae", 1, 28),
+                                                ("vae", 3, 32), ("vqvae", 3, 32),
+                                                ("vqvae", 1, 28)])
+def test_configs_build(name, channels, size):
+    cfg = OmegaConf.create({"data": {"channels": channels, "image_size": size},
+                            "model": OmegaConf.load(CONF / f"{name}.yaml")})
+    model = instantiate(cfg.model)
+    model.check_data((channels, size, size))
+    opts = model.configure_optimizers()
+    opts = opts if isinstance(opts, list) else [opts]
+    assert all(isinstance(o.param_groups[0]["lr"], float) for o in opts)
+
+
+def test_config_overrides_swap_parts():
+    cfg = OmegaConf.create({"data": {"channels": 3, "image_size": 32},
+                            "model": OmegaConf.load(CONF / "dcgan.yaml")})
+    over = OmegaConf.from_dotlist(["model.loss.kind=hinge", "model.ema_decay=0.999",
+                                   "model.discriminator.spectral_norm=true",
+                                   "model.generator.base_channels=8"])
+    model = instantiate(OmegaConf.merge(cfg, over).model)
+    assert model.loss.kind == "hinge" and model.ema is not None
+    assert model.hparams.ema_decay == 0.999
