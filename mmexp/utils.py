@@ -83,6 +83,7 @@ def write_metrics_json(path: str, metrics: Mapping[str, Any], protocol: Mapping[
             out[key] = number if math.isfinite(number) else str(number)
     if protocol:
         out.update(flatten("protocol", protocol))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=2, sort_keys=False)
