@@ -13,14 +13,13 @@ import os
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
 from mmexp.callbacks.samples import to_unit
 from mmexp.errors import ConfigError
-from mmexp.utils import data_identity, stable_hash, write_metrics_json
+from mmexp.utils import build, data_identity, stable_hash, write_metrics_json
 
 log = logging.getLogger("mmexp")
 
@@ -48,10 +47,10 @@ def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataM
     overrides = _command_line_overrides("data.")
     if overrides:
         train_cfg = OmegaConf.merge(train_cfg, OmegaConf.from_dotlist([o.lstrip("+~") for o in overrides]))
-    model = instantiate(train_cfg.model)
+    model = build(train_cfg.model)
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
-    datamodule = instantiate(train_cfg.data)
+    datamodule = build(train_cfg.data)
     log.info("loaded %s (step %s) from %s", type(model).__name__, ckpt.get("global_step"), cfg.ckpt_path)
     return model, datamodule, train_cfg
 
@@ -61,12 +60,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("metrics") is None:
         raise ConfigError("task=eval needs a metrics protocol, e.g. metrics=fid10k_test (metrics=none was given)")
     model, datamodule, train_cfg = load_trained(cfg)
-    suite = instantiate(cfg.metrics)
+    suite = build(cfg.metrics)
     split = suite.reference_split or "test"
     callback = ValidationMetrics(suite, prefix="eval")
     callback.data_id = stable_hash(data_identity(train_cfg.data))
     callback.split = split
-    trainer: pl.Trainer = instantiate(
+    trainer: pl.Trainer = build(
         cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
     )
     datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))

@@ -12,12 +12,12 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mmexp.callbacks import AtomicCheckpointIO, RunState, ValidationMetrics, read_run_state
 from mmexp.errors import ConfigError, MissingBatchKeyError, NonFiniteLossError
 from mmexp.utils import (
+    build,
     data_identity,
     first,
     instantiate_dict,
@@ -52,7 +52,7 @@ def instantiate_loggers(cfg: DictConfig | None, resume_ids: dict[str, str]) -> l
         if entry._target_.endswith("WandbLogger") and resume_ids.get("wandb") and not entry.get("id"):
             extra["id"] = resume_ids["wandb"]  # a resumed run continues its W&B run
             log.info("resuming W&B run %s", extra["id"])
-        loggers.append(instantiate(entry, **extra))
+        loggers.append(build(entry, **extra))
     return loggers
 
 
@@ -71,9 +71,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = read_run_state(cfg.ckpt_path) if cfg.get("ckpt_path") else {}
 
     log.info("data <%s>", cfg.data._target_)
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule: pl.LightningDataModule = build(cfg.data)
     log.info("model <%s>", cfg.model._target_)
-    model: pl.LightningModule = instantiate(cfg.model)
+    model: pl.LightningModule = build(cfg.model)
     check_compatible(model, datamodule)
 
     callbacks = instantiate_dict(cfg.get("callbacks"))
@@ -83,7 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(callback, ValidationMetrics):
             callback.data_id = stable_hash(data_identity(cfg.data))
     loggers = instantiate_loggers(cfg.get("logger"), resume.get("logger_ids", {}))
-    trainer: pl.Trainer = instantiate(
+    trainer: pl.Trainer = build(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     log_hyperparameters(trainer, cfg, model)

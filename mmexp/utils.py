@@ -34,17 +34,38 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mmexp.wandb_offline", wandb_offline)
 
 
-def instantiate_dict(cfg: DictConfig | None, **extra: Any) -> list:
-    """Instantiate every entry with a ``_target_`` of a group such as ``callbacks`` or ``logger``."""
+def build(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising mmexp's own errors unwrapped.
+
+    Hydra wraps every exception raised by a constructor in ``InstantiationException``; for bad input
+    that mmexp itself diagnoses (an unsupported image size, a missing dataset) the user should see
+    that error, with its message first, not a wrapper around it.
+    """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from mmexp.errors import MMExpError
+
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, MMExpError):
+            raise cause from None
+        raise
+
+
+def instantiate_dict(cfg: DictConfig | None, **extra: Any) -> list:
+    """Instantiate every entry with a ``_target_`` of a group such as ``callbacks`` or ``logger``."""
     objects = []
     if not cfg:
         return objects
     for name, entry in cfg.items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
             log.info("instantiating %s <%s>", name, entry._target_)
-            objects.append(instantiate(entry, **extra))
+            objects.append(build(entry, **extra))
     return objects
 
 

@@ -235,12 +235,14 @@ def test_reference_cache_roundtrip_stale_and_corrupt(tmp_path, caplog):
 
 # ------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("name", ["fid10k_test", "fid50k_train", "val", "restoration"])
-def test_protocol_configs_instantiate_cheaply(name):
+def test_protocol_configs_instantiate_cheaply(name, tmp_path):
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    suite = instantiate(cfg)
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path, f"metrics={name}")
+    suite = instantiate(cfg.metrics)
+    assert str(suite.refstats_dir) == str(tmp_path / "cache" / "refstats")
     assert isinstance(suite, MetricSuite) and suite.name == name
     assert suite._nets == {}  # nothing loaded
     assert list(suite.state_dict()) == []  # never ends up in a checkpoint
@@ -253,18 +255,8 @@ def test_protocol_configs_instantiate_cheaply(name):
 
 
 def test_metrics_none_composes_to_null(tmp_path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from tests.conftest import compose_cfg
 
-    (tmp_path / "metrics").mkdir()
-    for f in CONF.glob("*.yaml"):
-        (tmp_path / "metrics" / f.name).write_text(f.read_text())
-    (tmp_path / "main.yaml").write_text("defaults:\n  - metrics: val\n  - _self_\n")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
-            assert compose("main", overrides=["metrics=none"]).metrics is None
-            assert compose("main").metrics.name == "val"
-            assert compose("main", overrides=["metrics=restoration"]).metrics.name == "restoration"
-    finally:
-        GlobalHydra.instance().clear()
+    assert compose_cfg(tmp_path, "metrics=none").metrics is None
+    assert compose_cfg(tmp_path).metrics.name == "val"
+    assert compose_cfg(tmp_path, "metrics=restoration").metrics.name == "restoration"
