@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -32,6 +33,28 @@ def wandb_offline() -> bool:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mmexp.wandb_offline"):
         OmegaConf.register_new_resolver("mmexp.wandb_offline", wandb_offline)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    ``os.replace`` within one directory is atomic on POSIX: a run killed during the write leaves the
+    previous file intact (and at worst a stray ``.tmp`` file, never a truncated checkpoint).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def build(cfg: Any, **kwargs: Any) -> Any:

@@ -1,7 +1,7 @@
 """Lightning callbacks: checkpoints, resume state, sample grids and validation metrics."""
 
 from mmexp.callbacks.best_checkpoint import BestCheckpoint
-from mmexp.callbacks.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from mmexp.callbacks.checkpoint_io import AtomicCheckpointIO
 from mmexp.callbacks.metrics import ValidationMetrics
 from mmexp.callbacks.run_state import RunState, read_run_state
 from mmexp.callbacks.samples import SampleGrid
@@ -12,6 +12,5 @@ __all__ = [
     "RunState",
     "SampleGrid",
     "ValidationMetrics",
-    "atomic_torch_save",
     "read_run_state",
 ]

@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from mmexp.errors import WeightsNotFoundError
+from mmexp.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +218,7 @@ def convert_fid_helper(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     ts = torch.jit.load(str(src), map_location="cpu")
     sd = convert_fid_helper_state_dict(dict(ts.state_dict()))
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        torch.save(sd, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(sd, dst)
     return dst
 
 

@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from mmexp.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,7 @@ def save(path: Path, fields: dict, tensors: dict[str, torch.Tensor]) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     payload = {"format": FORMAT_VERSION, "fields": fields, "tensors": tensors,
                "checksum": tensors_checksum(tensors)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(payload, path)
     return path
 
 

@@ -154,6 +154,19 @@ class GenerativeModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_rng = torch.Generator().manual_seed(self.sample_seed)
 
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    @property
+    def eval_prefix(self) -> str:
+        """``test`` while ``Trainer.test`` runs, else ``val``: where evaluation losses are logged."""
+        trainer = self._trainer
+        return "test" if trainer is not None and trainer.testing else "val"
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The test split is scored as validation is: the same outputs, logged under ``test/``."""
+        return self.validation_step(batch, batch_idx)
+
     def val_generator(self) -> torch.Generator:
         """The validation RNG (CPU, re-seeded with ``sample_seed`` at each validation start)."""
         if self._val_rng is None:

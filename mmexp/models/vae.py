@@ -110,7 +110,8 @@ class VAE(GenerativeModule):
         x = batch["image"]
         rng = self.val_generator()
         recon, kl, _ = self.elbo_terms(x, generator=rng)
-        self.log_dict({"val/loss": recon + self.beta * kl, "val/recon": recon, "val/kl": kl},
+        stage = self.eval_prefix
+        self.log_dict({f"{stage}/loss": recon + self.beta * kl, f"{stage}/recon": recon, f"{stage}/kl": kl},
                       on_step=False, on_epoch=True, batch_size=x.shape[0])
         return {"real": x, "fake": self.generate(x.shape[0], rng),
                 "pred": self.reconstruct(x), "target": x}

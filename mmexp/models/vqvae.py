@@ -92,7 +92,7 @@ class VQVAE(GenerativeModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        _, pred = self._step(batch, "val")
+        _, pred = self._step(batch, self.eval_prefix)
         x = batch["image"]
         return {"real": x, "fake": pred, "pred": pred, "target": x}
 
