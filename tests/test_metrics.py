@@ -251,7 +251,7 @@ def test_protocol_configs_instantiate_cheaply(name, tmp_path):
         assert k in p
     if suite.generation_metrics:
         assert p["resize"] and p["feature_extractor"]["name"] == "inception-v3-tf-2015-12-05"
-    assert {"fid10k_test": 10000, "fid50k_train": 50000, "val": 1000}.get(name, suite.num_samples) == suite.num_samples
+    assert {"fid10k_test": 10000, "fid50k_train": 50000, "val": 512}.get(name, suite.num_samples) == suite.num_samples
 
 
 def test_metrics_none_composes_to_null(tmp_path):
