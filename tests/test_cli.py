@@ -48,3 +48,14 @@ def test_multirun_makes_one_directory_per_run(tmp_path):
     assert runs == ["0", "1"], list(sweep.rglob("*"))
     seeds = [(sweep / r / ".hydra" / "overrides.yaml").read_text() for r in runs]
     assert "seed=1" in seeds[0] and "seed=2" in seeds[1]
+
+
+def test_ddp_on_two_cpu_processes_with_hydra(tmp_path):
+    """Lightning re-launches `python -m mmexp` for rank 1; Hydra must hand it the same config and dir."""
+    run = tmp_path / "ddp"
+    run_cli(f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.max_steps=4", "trainer.limit_val_batches=1",
+            "trainer.check_val_every_n_epoch=1", "metrics=none", "logger=csv", *TINY_GAN[:-2],
+            "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=300)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not any(p.name != "ddp" for p in tmp_path.iterdir() if p.is_dir() and p.name not in ("ddp", "logs")), \
+        "rank 1 must not create a run directory of its own"
