@@ -35,7 +35,8 @@ def test_default_config(tmp_path):
     assert cfg.model.generator.image_size == cfg.data.image_size
 
 
-@pytest.mark.parametrize("group", ["model", "data", "trainer", "logger", "callbacks", "metrics", "debug"])
+@pytest.mark.parametrize("group", ["model", "data", "trainer", "logger", "callbacks", "metrics", "debug",
+                                   "hparams_search"])
 def test_every_option_composes(tmp_path, group):
     for option in options(group):
         overrides = [f"{group}={option}"]
@@ -70,3 +71,14 @@ def test_unknown_option_lists_choices(tmp_path):
     message = str(err.value)
     for choice in ("dcgan", "vae", "vqvae"):
         assert choice in message
+
+
+def test_optuna_search_sweeps_what_it_names(tmp_path):
+    """Every parameter the Optuna example searches exists in the config it sweeps."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(tmp_path, "hparams_search=optuna_dcgan")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
+    assert cfg.optimized_metric == "val/fid"
