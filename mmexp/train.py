@@ -120,10 +120,29 @@ def finish_run(trainer: pl.Trainer, cfg: DictConfig, metrics: dict, metric_callb
     return out
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.get("extras", {}).get("print_config"):
+        log.info("composed config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.task == "train":
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        except NonFiniteLossError:
+            if not _in_sweep():
+                raise
+            # one diverged trial must not end the sweep: NaN marks it failed (Optuna records it so)
+            log.error("this sweep job diverged; returning NaN for %s", cfg.get("optimized_metric"))
+            return float("nan")
     elif cfg.task in ("eval", "sample"):
         from mmexp import evaluate
 

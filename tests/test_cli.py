@@ -59,3 +59,17 @@ def test_ddp_on_two_cpu_processes_with_hydra(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not any(p.name != "ddp" for p in tmp_path.iterdir() if p.is_dir() and p.name not in ("ddp", "logs")), \
         "rank 1 must not create a run directory of its own"
+
+
+def test_a_diverged_sweep_job_does_not_end_the_sweep(tmp_path):
+    """seed=1 diverges (a learning rate of 1e30), seed=2 still runs; the single-run form fails loudly."""
+    sweep = tmp_path / "sweep"
+    common = ["model=vae", "model.encoder.base_channels=8", "model.encoder.num_res_blocks=0",
+              "metrics=none", "logger=none", "trainer=cpu", "trainer.max_steps=3", "trainer.limit_val_batches=0",
+              "data.dataset.num_train=64", "data.batch_size=16", "trainer.enable_progress_bar=false"]
+    proc = run_cli("-m", "model.optimizer.lr=1e30,1e-3", f"hydra.sweep.dir={sweep}", *common, cwd=tmp_path)
+    assert "diverged" in proc.stdout + proc.stderr
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file(), "the second job ran to the end"
+    single = run_cli("model.optimizer.lr=1e30", f"hydra.run.dir={tmp_path / 'single'}", *common, cwd=tmp_path,
+                     check=False)
+    assert single.returncode != 0 and "NonFiniteLossError" in single.stderr + single.stdout
