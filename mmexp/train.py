@@ -21,14 +21,12 @@ from mmexp.utils import (
     data_identity,
     first,
     instantiate_dict,
-    register_resolvers,
     stable_hash,
     to_float,
     write_metrics_json,
 )
 
 log = logging.getLogger("mmexp")
-register_resolvers()
 
 
 def check_compatible(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:

@@ -37,7 +37,8 @@ def test_short_run_writes_checkpoints_samples_and_metrics(tmp_path):
     """The default model and data, shortened: the run directory holds what the README promises."""
     cfg = compose_cfg(tmp_path, *FAST, *TINY["dcgan"], *SMALL_SHAPES, "data.batch_size=16",
                       "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
-                      "metrics.num_samples=32", "metrics.reference_samples=32", "metrics.batch_size=32")
+                      "metrics.num_samples=32", "metrics.reference_samples=32", "metrics.batch_size=32",
+                      "test=true")
     metrics = train(cfg)
     run = run_dir_of(cfg)
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -48,6 +49,8 @@ def test_short_run_writes_checkpoints_samples_and_metrics(tmp_path):
     for key in ("val/fid", "val/kid_mean", "val/kid_std"):
         assert key in saved and isinstance(saved[key], float), saved
     assert saved["protocol/name"] == "val"
+    # test=true: the best checkpoint scored on the test split, the same way
+    assert "test/fid" in saved and "test/kid_mean" in saved, saved
     assert saved["val/fid"] == pytest.approx(metrics["val/fid"])
     assert (run / "csv" / "metrics.csv").is_file()
 
