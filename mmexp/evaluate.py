@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
+from mmexp.callbacks.run_state import CHECKPOINT_KEY
 from mmexp.callbacks.samples import to_unit
 from mmexp.errors import ConfigError
 from mmexp.utils import build, data_identity, stable_hash, write_metrics_json
@@ -39,7 +40,7 @@ def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataM
     if not os.path.isfile(cfg.ckpt_path):
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
     ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
-    stored = (ckpt.get("mmexp") or {}).get("config")
+    stored = (ckpt.get(CHECKPOINT_KEY) or {}).get("config")
     if stored is None:
         raise ConfigError(f"{cfg.ckpt_path} holds no mmexp config (not written by python -m mmexp task=train)")
     train_cfg = OmegaConf.create(stored)
