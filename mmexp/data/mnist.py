@@ -173,16 +173,5 @@ class MNISTDataset(IDXImageDataset):
         "https://ossci-datasets.s3.amazonaws.com/mnist/) there and set data.root=..."
     )
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        image_size: int = 28,
-        channels: int = 1,
-        val_size: int = 5000,
-        download: bool = False,
-    ) -> None:
-        super().__init__(root, split, image_size, channels, val_size, download)
-
     def caption_for(self, label: int) -> str:
         return f"a handwritten digit {int(label)}"
