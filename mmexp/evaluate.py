@@ -20,7 +20,8 @@ from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
 from mmexp.callbacks.run_state import CHECKPOINT_KEY
 from mmexp.callbacks.samples import to_unit
 from mmexp.errors import ConfigError
-from mmexp.utils import build, data_identity, stable_hash, write_metrics_json
+from mmexp.config import build, data_identity, stable_hash
+from mmexp.io import write_metrics_json
 
 log = logging.getLogger("mmexp")
 
@@ -63,9 +64,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model, datamodule, train_cfg = load_trained(cfg)
     suite = build(cfg.metrics)
     split = suite.reference_split or "test"
-    callback = ValidationMetrics(suite, prefix="eval")
-    callback.data_id = stable_hash(data_identity(train_cfg.data))
-    callback.split = split
+    callback = ValidationMetrics(suite, prefix="eval", data_id=stable_hash(data_identity(train_cfg.data)),
+                                 split=split)
     trainer: pl.Trainer = build(
         cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
     )

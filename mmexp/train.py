@@ -14,17 +14,11 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from mmexp.callbacks import AtomicCheckpointIO, RunState, ValidationMetrics, read_run_state
+from mmexp.callbacks import AtomicCheckpointIO, BestCheckpoint, ValidationMetrics, read_run_state
+from mmexp.config import build, data_identity, instantiate_group, stable_hash
 from mmexp.errors import ConfigError, MissingBatchKeyError, NonFiniteLossError
-from mmexp.utils import (
-    build,
-    data_identity,
-    first,
-    instantiate_dict,
-    stable_hash,
-    to_float,
-    write_metrics_json,
-)
+from mmexp.io import to_float, write_metrics_json
+from mmexp.loggers import WandbLogger, find_logger
 
 log = logging.getLogger("mmexp")
 
@@ -41,13 +35,22 @@ def check_compatible(model: pl.LightningModule, datamodule: pl.LightningDataModu
         )
 
 
+def build_target_is(entry: DictConfig, kind: type) -> bool:
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(entry._target_), kind)
+    except (ImportError, ValueError, TypeError):
+        return False
+
+
 def instantiate_loggers(cfg: DictConfig | None, resume_ids: dict[str, str]) -> list:
     loggers = []
     for name, entry in (cfg or {}).items():
         if not (isinstance(entry, DictConfig) and "_target_" in entry):
             continue
         extra = {}
-        if entry._target_.endswith("WandbLogger") and resume_ids.get("wandb") and not entry.get("id"):
+        if build_target_is(entry, WandbLogger) and resume_ids.get("wandb") and not entry.get("id"):
             extra["id"] = resume_ids["wandb"]  # a resumed run continues its W&B run
             log.info("resuming W&B run %s", extra["id"])
         loggers.append(build(entry, **extra))
@@ -74,12 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: pl.LightningModule = build(cfg.model)
     check_compatible(model, datamodule)
 
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    for callback in callbacks:
-        if isinstance(callback, RunState):
-            callback.config = OmegaConf.to_container(cfg, resolve=True)
-        if isinstance(callback, ValidationMetrics):
-            callback.data_id = stable_hash(data_identity(cfg.data))
+    callbacks = instantiate_group(cfg.get("callbacks"), run_config=OmegaConf.to_container(cfg, resolve=True),
+                                  data_id=stable_hash(data_identity(cfg.data)))
     loggers = instantiate_loggers(cfg.get("logger"), resume.get("logger_ids", {}))
     trainer: pl.Trainer = build(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -97,12 +96,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: v for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test"):
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        best_callback = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
+        best = getattr(best_callback, "best_model_path", "") or None
         log.info("testing %s", best or "the final weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update(trainer.callback_metrics)
 
-    finish_run(trainer, cfg, metrics, first(callbacks, "ValidationMetrics"))
+    finish_run(trainer, cfg, metrics, next((c for c in callbacks if isinstance(c, ValidationMetrics)), None))
     return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
 
 
@@ -112,9 +112,9 @@ def finish_run(trainer: pl.Trainer, cfg: DictConfig, metrics: dict, metric_callb
         return {}
     protocol = getattr(metric_callback, "protocol", None)
     out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, protocol)
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.summary.update(out)
+    wandb = find_logger(trainer.loggers, WandbLogger)
+    if wandb is not None:
+        wandb.experiment.summary.update(out)
     return out
 
 

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from mmexp.data import fixtures
+from tests import fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"

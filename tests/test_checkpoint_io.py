@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmexp.callbacks import AtomicCheckpointIO
-from mmexp.utils import atomic_torch_save
+from mmexp.io import atomic_torch_save
 from mmexp.callbacks.run_state import collect_rng_states, restore_rng_states
 
 

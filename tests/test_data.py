@@ -24,7 +24,7 @@ from mmexp.data import (
     ResumableDataLoader,
     ShapesDataset,
 )
-from mmexp.data import fixtures
+from tests import fixtures
 from mmexp.data.celeba import CELEBA_ATTRIBUTES, celeba_caption
 from mmexp.data.idx import read_idx, write_idx
 from mmexp.data.shapes import BACKGROUNDS, COLORS, SHAPES

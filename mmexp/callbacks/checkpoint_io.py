@@ -7,7 +7,7 @@ from typing import Any
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mmexp.utils import atomic_torch_save
+from mmexp.io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

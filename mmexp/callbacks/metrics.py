@@ -24,11 +24,12 @@ class ValidationMetrics(pl.Callback):
     ``eval``); ``self.protocol`` is what metrics.json and the W&B summary record beside them.
     """
 
-    def __init__(self, suite: Any = None, prefix: str | None = None) -> None:
+    def __init__(self, suite: Any = None, prefix: str | None = None, data_id: str | None = None,
+                 split: str | None = None) -> None:
         self.suite = suite
         self.prefix = prefix
-        self.data_id: str = "unknown"  # set by the entry point: a hash of the data config
-        self.split: str | None = None  # the split scored; None: the stage's own (val / test)
+        self.data_id = data_id or "unknown"  # the entry point gives a hash of the data config
+        self.split = split  # the split scored; None: the stage's own (val / test)
         self._active = False
         self._key: str | None = None
         self._cached = False

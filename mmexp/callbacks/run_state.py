@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from mmexp.loggers import run_ids
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "mmexp"
@@ -34,29 +36,20 @@ def restore_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def logger_run_ids(trainer: pl.Trainer) -> dict[str, str]:
-    """The run id of each logger that can resume a run (W&B)."""
-    ids = {}
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            ids["wandb"] = str(logger.version)
-    return ids
-
-
 class RunState(pl.Callback):
     """Puts into every checkpoint what exact resume and rebuilding need, and guards what is saved.
 
     - RNG states (torch, CUDA, numpy, python), restored at ``on_train_start`` so that a resumed run
       draws the same noise as an uninterrupted one;
-    - the composed Hydra config (``config``, set by the entry point), so ``task=eval|sample`` can
+    - the composed Hydra config (``run_config``, given by the entry point), so ``task=eval|sample`` can
       rebuild the model from the checkpoint alone;
     - the W&B run id, so a resumed run continues the same W&B run;
     - before any checkpoint is written the module's non-finite guard is checked: a NaN run stops
       with the previous checkpoint on disk intact.
     """
 
-    def __init__(self, config: dict | None = None) -> None:
-        self.config = config
+    def __init__(self, run_config: dict | None = None) -> None:
+        self.config = run_config
         self._rng_to_restore: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -66,7 +59,7 @@ class RunState(pl.Callback):
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config,
             "rng_states": collect_rng_states(),
-            "logger_ids": logger_run_ids(trainer),
+            "logger_ids": run_ids(trainer.loggers),
         }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

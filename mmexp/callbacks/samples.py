@@ -8,19 +8,12 @@ import lightning.pytorch as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
+from mmexp.loggers import log_image
+
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clamped."""
     return ((images.detach().float() + 1) / 2).clamp(0, 1)
-
-
-def log_image_to_loggers(trainer: pl.Trainer, key: str, grid: torch.Tensor, step: int) -> None:
-    for logger in trainer.loggers:
-        kind = type(logger).__name__
-        if kind == "WandbLogger":
-            logger.log_image(key=key, images=[grid.cpu()], step=step)
-        elif kind == "TensorBoardLogger":
-            logger.experiment.add_image(key, grid.cpu(), global_step=step)
 
 
 class SampleGrid(pl.Callback):
@@ -53,4 +46,4 @@ class SampleGrid(pl.Callback):
         path = os.path.join(self.dirpath, f"step{trainer.global_step:07d}.png")
         save_image(grid, path)
         self.last_path = path
-        log_image_to_loggers(trainer, "samples", grid, trainer.global_step)
+        log_image(trainer.loggers, "samples", grid, trainer.global_step)

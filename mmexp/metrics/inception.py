@@ -44,7 +44,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from mmexp.errors import WeightsNotFoundError
-from mmexp.utils import atomic_torch_save
+from mmexp.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mmexp.utils import atomic_torch_save
+from mmexp.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

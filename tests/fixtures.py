@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in the exact on-disk formats mmexp reads, for tests and smoke runs.
+"""Writers of tiny datasets in the exact on-disk formats mmexp reads (test helpers, not installed).
 
 Every writer is deterministic (fixed seed), writes under ``root`` (created if needed) and returns
 the path to pass as ``data.root``. Images carry simple structure (a bright blob whose position and
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .celeba import CELEBA_ATTRIBUTES
-from .cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER
-from .idx import write_idx
-from .mnist import MNIST_FILES
+from mmexp.data.celeba import CELEBA_ATTRIBUTES
+from mmexp.data.cifar10 import CIFAR10_CLASSES, CIFAR10_FOLDER
+from mmexp.data.idx import write_idx
+from mmexp.data.mnist import MNIST_FILES
 
 __all__ = [
     "write_celeba_fixture",
