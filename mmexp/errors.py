@@ -34,3 +34,7 @@ class NonFiniteLossError(MMExpError, RuntimeError):
 
 class WeightsNotFoundError(MMExpError, FileNotFoundError):
     """Pretrained weights (Inception, LPIPS...) could not be found offline."""
+
+
+class CheckpointError(MMExpError, ValueError):
+    """A checkpoint cannot be used: missing, unreadable, unsafe to unpickle, or from another model; names the file."""

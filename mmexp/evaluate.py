@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
-from mmexp.callbacks.run_state import CHECKPOINT_KEY
+from mmexp.checkpoint import CHECKPOINT_KEY, load_checkpoint
 from mmexp.callbacks.samples import to_unit
 from mmexp.errors import ConfigError
 from mmexp.config import build, data_identity, stable_hash
@@ -38,9 +38,7 @@ def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataM
     """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config."""
     if not cfg.get("ckpt_path"):
         raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
-    if not os.path.isfile(cfg.ckpt_path):
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-    ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(cfg.ckpt_path)
     stored = (ckpt.get(CHECKPOINT_KEY) or {}).get("config")
     if stored is None:
         raise ConfigError(f"{cfg.ckpt_path} holds no mmexp config (not written by python -m mmexp task=train)")

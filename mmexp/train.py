@@ -15,10 +15,13 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mmexp.callbacks import AtomicCheckpointIO, BestCheckpoint, ValidationMetrics, read_run_state
+from mmexp.checkpoint import resumable_path
 from mmexp.config import build, data_identity, instantiate_group, stable_hash
 from mmexp.errors import ConfigError, MissingBatchKeyError, NonFiniteLossError
 from mmexp.io import to_float, write_metrics_json
 from mmexp.loggers import WandbLogger, find_logger
+from mmexp.loggers import finish as finish_loggers
+from mmexp.provenance import provenance
 
 log = logging.getLogger("mmexp")
 
@@ -69,7 +72,8 @@ def log_hyperparameters(trainer: pl.Trainer, cfg: DictConfig, model: pl.Lightnin
 def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    resume = read_run_state(cfg.ckpt_path) if cfg.get("ckpt_path") else {}
+    ckpt_path = resumable_path(cfg.ckpt_path, cfg.paths.output_dir) if cfg.get("ckpt_path") else None
+    resume = read_run_state(ckpt_path) if ckpt_path else {}
 
     log.info("data <%s>", cfg.data._target_)
     datamodule: pl.LightningDataModule = build(cfg.data)
@@ -80,38 +84,63 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"), run_config=OmegaConf.to_container(cfg, resolve=True),
                                   data_id=stable_hash(data_identity(cfg.data)))
     loggers = instantiate_loggers(cfg.get("logger"), resume.get("logger_ids", {}))
-    trainer: pl.Trainer = build(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
-    log_hyperparameters(trainer, cfg, model)
-
+    failed = True
     try:
-        # our own checkpoints carry RNG states and config objects: trusted, so not weights_only
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    except NonFiniteLossError as err:
-        last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
-        kept = last if os.path.exists(last) else "none was written before the failure"
-        log.error("training stopped: %s; last good checkpoint: %s", err, kept)
-        raise
-    metrics = {k: v for k, v in trainer.callback_metrics.items()}
+        trainer: pl.Trainer = build(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        )
+        log_hyperparameters(trainer, cfg, model)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except NonFiniteLossError as err:
+            last = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+            kept = last if os.path.exists(last) else "none was written before the failure"
+            log.error("training stopped: %s; last good checkpoint: %s", err, kept)
+            raise
+        metrics = dict(trainer.callback_metrics)
+        metrics.update(validate_final_weights(trainer, model, datamodule, callbacks))
 
-    if cfg.get("test"):
-        best_callback = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
-        best = getattr(best_callback, "best_model_path", "") or None
-        log.info("testing %s", best or "the final weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        metrics.update(trainer.callback_metrics)
+        if cfg.get("test"):
+            best_callback = next((c for c in callbacks if isinstance(c, BestCheckpoint)), None)
+            best = getattr(best_callback, "best_model_path", "") or None
+            log.info("testing %s", best or "the final weights (no best checkpoint was kept)")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+            metrics.update(trainer.callback_metrics)
 
-    finish_run(trainer, cfg, metrics, next((c for c in callbacks if isinstance(c, ValidationMetrics)), None))
+        finish_run(trainer, cfg, metrics, next((c for c in callbacks if isinstance(c, ValidationMetrics)), None))
+        failed = False
+    finally:
+        # one logger run per job: a sweep's next job must not log into this one (also when this one failed)
+        finish_loggers(loggers, failed=failed)
     return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
 
 
+def validate_final_weights(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule,
+                           callbacks: list) -> dict:
+    """Validate the weights training ended with, unless the last validation already saw them.
+
+    A run that stops at ``max_steps`` between two scheduled validations would otherwise report no ``val/*``
+    numbers for the weights it saved. The best checkpoint then considers this validation too.
+    """
+    last = getattr(model, "validated_step", None)
+    if not trainer.enable_validation or trainer.fast_dev_run or last == trainer.global_step:
+        return {}
+    log.info("validating the final weights (step %d; last validation: %s)", trainer.global_step,
+             "none" if last is None else f"step {last}")
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint):
+            callback.consider(trainer)
+    return dict(trainer.callback_metrics)
+
+
 def finish_run(trainer: pl.Trainer, cfg: DictConfig, metrics: dict, metric_callback: Any) -> dict:
-    """metrics.json in the run directory and the W&B summary: every number with its protocol."""
+    """metrics.json in the run directory and the W&B summary: every number with its protocol and provenance."""
     if not trainer.is_global_zero:
         return {}
     protocol = getattr(metric_callback, "protocol", None)
-    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, protocol)
+    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, protocol,
+                             provenance(trainer))
     wandb = find_logger(trainer.loggers, WandbLogger)
     if wandb is not None:
         wandb.experiment.summary.update(out)
@@ -138,9 +167,11 @@ def main(cfg: DictConfig) -> float | None:
         except NonFiniteLossError:
             if not _in_sweep():
                 raise
-            # one diverged trial must not end the sweep: NaN marks it failed (Optuna records it so)
-            log.error("this sweep job diverged; returning NaN for %s", cfg.get("optimized_metric"))
-            return float("nan")
+            # one diverged trial must not end the sweep; the Optuna sweeper records a trial whose return value is
+            # not a number as failed and goes on (a NaN it would try to record as a value, and stop)
+            log.error("this sweep job diverged: returning no value for %s, so the sweep records it as failed",
+                      cfg.get("optimized_metric"))
+            return None
     elif cfg.task in ("eval", "sample"):
         from mmexp import evaluate
 
@@ -151,7 +182,9 @@ def main(cfg: DictConfig) -> float | None:
     name = cfg.get("optimized_metric")
     if not name or cfg.task != "train":
         return None
-    if name not in metrics:
-        log.warning("optimized_metric %r was not logged; logged: %s", name, sorted(metrics))
+    value = metrics.get(name)
+    if value is None or value != value:
+        log.warning("optimized_metric %r was not logged or is NaN (logged: %s): returning no value, so a sweep "
+                    "records this job as failed", name, sorted(metrics))
         return None
-    return metrics[name]
+    return value

@@ -49,9 +49,10 @@ FAST = (
 )
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m mmexp ARGS` in a subprocess, as a user types it."""
-    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1")
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m mmexp ARGS` in a subprocess, as a user types it (``env`` adds to the environment)."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(
         [sys.executable, "-m", "mmexp", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,

@@ -2,6 +2,7 @@
 
 from mmexp.callbacks.best_checkpoint import BestCheckpoint
 from mmexp.callbacks.checkpoint_io import AtomicCheckpointIO
+from mmexp.callbacks.last_checkpoint import LastCheckpoint
 from mmexp.callbacks.metrics import ValidationMetrics
 from mmexp.callbacks.run_state import RunState, read_run_state
 from mmexp.callbacks.samples import SampleGrid
@@ -9,6 +10,7 @@ from mmexp.callbacks.samples import SampleGrid
 __all__ = [
     "AtomicCheckpointIO",
     "BestCheckpoint",
+    "LastCheckpoint",
     "RunState",
     "SampleGrid",
     "ValidationMetrics",

@@ -34,3 +34,9 @@ class BestCheckpoint(ModelCheckpoint):
         # saves here only with save_on_train_epoch_end=true, and only once the metric exists
         if self.monitor is None or self.monitor in trainer.callback_metrics:
             super().on_train_epoch_end(trainer, pl_module)
+
+    def consider(self, trainer: pl.Trainer) -> None:
+        """Offer the current weights, just validated outside fitting (the final validation of a run that
+        stopped between scheduled validations), as a best-checkpoint candidate."""
+        if self.monitor is not None and self.monitor in trainer.callback_metrics:
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

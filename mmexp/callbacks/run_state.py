@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 
+from mmexp.checkpoint import (
+    CHECKPOINT_KEY,
+    SCHEMA_VERSION,
+    collect_rng_states,
+    load_checkpoint,
+    restore_rng_states,
+)
 from mmexp.loggers import run_ids
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_KEY = "mmexp"
-
-
-def collect_rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RunState(pl.Callback):
@@ -57,6 +40,7 @@ class RunState(pl.Callback):
         if assert_finite is not None:
             assert_finite()
         checkpoint[CHECKPOINT_KEY] = {
+            "schema": SCHEMA_VERSION,
             "config": self.config,
             "rng_states": collect_rng_states(),
             "logger_ids": run_ids(trainer.loggers),
@@ -78,5 +62,4 @@ class RunState(pl.Callback):
 
 def read_run_state(ckpt_path: str) -> dict:
     """The mmexp section of a checkpoint (config, logger ids) without keeping its tensors around."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    return ckpt.get(CHECKPOINT_KEY) or {}
+    return load_checkpoint(ckpt_path).get(CHECKPOINT_KEY) or {}

@@ -64,6 +64,8 @@ class GenerativeModule(L.LightningModule):
         self._nonfinite: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._batches_seen = 0
         self._val_rng: torch.Generator | None = None
+        #: global step of the last finished validation (None: none yet in this process)
+        self.validated_step: int | None = None
 
     # ------------------------------------------------------------------ shapes and batches
     @property
@@ -102,10 +104,36 @@ class GenerativeModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batches_seen += 1
 
-    def guard_finite(self, **losses: torch.Tensor) -> None:
+    @staticmethod
+    @torch.no_grad()
+    def snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(buffer, copy)`` pairs of every buffer of ``modules`` (BatchNorm running statistics, spectral-norm
+        vectors, an EMA codebook), taken before a training forward pass changes them; give them to
+        :meth:`guard_finite` so a forward pass that produced a non-finite loss leaves them as they were."""
+        seen: set[int] = set()
+        pairs = []
+        for module in modules:
+            for buf in module.buffers():
+                if id(buf) not in seen:
+                    seen.add(id(buf))
+                    pairs.append((buf, buf.detach().clone()))
+        return pairs
+
+    def guard_finite(self, snapshot: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     **losses: torch.Tensor) -> None:
         """Record non-finite ``losses`` (name -> scalar tensor) without a host sync; every
-        ``finite_check_every_n_steps`` batches (every call when 1) check and raise."""
+        ``finite_check_every_n_steps`` batches (every call when 1) check and raise.
+
+        ``snapshot`` (from :meth:`snapshot_buffers`): when any of ``losses`` is non-finite, those buffers are
+        put back to their snapshot values on the device (``torch.where``, no host sync), so NaN running
+        statistics from the bad forward pass never stay in the model, in memory or in a checkpoint.
+        """
         step = self.global_step
+        if snapshot:
+            with torch.no_grad():
+                ok = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
+                for buf, saved in snapshot:
+                    buf.copy_(torch.where(ok.to(buf.device), buf, saved))
         for name, loss in losses.items():
             loss = loss.detach()
             rec = self._nonfinite.get(name)
@@ -153,6 +181,10 @@ class GenerativeModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_rng = torch.Generator().manual_seed(self.sample_seed)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._trainer is not None and not self.trainer.sanity_checking:
+            self.validated_step = self.global_step
 
     def on_test_epoch_start(self) -> None:
         self.on_validation_epoch_start()
