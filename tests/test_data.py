@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -525,11 +524,15 @@ def test_image_folder_errors(tmp_path):
 
 
 # -- configs -------------------------------------------------------------------------------------
+_CACHE = __import__("tempfile").mkdtemp(prefix="mmexp-test-cache-")
+
+
 def _compose(name, *overrides):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(overrides=[f"+data={name}", "+seed=11", "+paths.data_dir=/nonexistent", *overrides])
+        return compose(overrides=[f"+data={name}", "+seed=11", "+paths.data_dir=/nonexistent",
+                                  f"+paths.cache_dir={_CACHE}", *overrides])
 
 
 @pytest.mark.parametrize(
@@ -575,3 +578,39 @@ def test_missing_root_via_config_names_path():
     dm = instantiate(_compose("mnist").data)
     with pytest.raises(DatasetNotFoundError, match="/nonexistent/mnist"):
         dm.setup("fit")
+
+
+def test_shapes_rendered_once_equal_shapes_drawn_per_item(tmp_path):
+    """The render-once store (memory and the .npz cache) gives exactly the items drawn one by one."""
+    from mmexp.data.shapes import ShapesDataset
+
+    drawn = ShapesDataset("val", num_val=24, channels=3, render_once=False)
+    first = ShapesDataset("val", num_val=24, channels=3, cache_dir=str(tmp_path))
+    assert first[0]["caption"] == drawn[0]["caption"]
+    files = list(tmp_path.glob("shapes-*.npz"))
+    assert len(files) == 1
+    cached = ShapesDataset("val", num_val=24, channels=3, cache_dir=str(tmp_path))
+    for i in range(24):
+        a, b = drawn[i], cached[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert (a["caption"], a["label"], a["index"]) == (b["caption"], b["label"], b["index"])
+    # another split, size or seed is another file; a damaged file is rendered again
+    ShapesDataset("val", num_val=24, channels=1, cache_dir=str(tmp_path))[0]
+    assert len(list(tmp_path.glob("shapes-*.npz"))) == 2
+    files[0].write_bytes(b"not an npz")
+    again = ShapesDataset("val", num_val=24, channels=3, cache_dir=str(tmp_path))
+    assert torch.equal(again[5]["image"], drawn[5]["image"])
+
+
+def test_num_workers_auto_follows_the_hardware(monkeypatch):
+    from mmexp.data.datamodule import resolve_num_workers
+    from mmexp.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_num_workers("auto") == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert 1 <= resolve_num_workers("auto") <= 8
+    assert resolve_num_workers(3) == 3
+    with pytest.raises(ConfigError, match="auto"):
+        resolve_num_workers("many")

@@ -10,11 +10,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmexp.errors import DatasetFormatError, ConfigError, DatasetNotFoundError, MMExpError
+from mmexp.errors import DatasetFormatError, ConfigError, DatasetNotFoundError
 
 from .transforms import check_channels, check_image_size
 
-__all__ = ["SPLITS", "BaseImageDataset", "DatasetFormatError", "check_split", "split_permutation", "open_image"]
+__all__ = ["SPLITS", "BaseImageDataset", "DatasetFormatError", "LabelledArrayDataset", "check_split", "split_permutation",
+           "open_image"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -124,3 +125,53 @@ def require_dir(path: str | os.PathLike, what: str, how: str) -> Path:
     if not p.is_dir():
         raise DatasetNotFoundError(f"{what} not found: directory {p} does not exist. {how}")
     return p
+
+
+class LabelledArrayDataset(BaseImageDataset):
+    """Base of datasets read into memory as uint8 images with integer class labels (MNIST, Fashion-MNIST,
+    CIFAR-10): ``train`` and ``val`` split the training files (``val`` = the *last* ``val_size`` images),
+    ``test`` is the test files. Subclasses read their files, call :meth:`set_rows`, and define ``classes``,
+    ``caption_for(label)`` and ``resample`` (used when ``image_size`` differs from the files').
+
+    Items: ``image``, ``label``, ``caption``, ``index``.
+    """
+
+    provides = ("image", "label", "caption", "index")
+    classes: ClassVar[tuple[str, ...]] = ()
+    resample: ClassVar[str] = "bilinear"
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return len(self.classes)
+
+    def set_rows(self, images: np.ndarray, labels: np.ndarray, val_size: int, source: str) -> None:
+        """Keep the rows of this split from the train (``train``/``val``) or test (``test``) arrays."""
+        n = len(images)
+        if self.split == "test":
+            rows = slice(0, n)
+        else:
+            if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < n:
+                raise ConfigError(f"val_size must be an integer in [0, {n}) ({source} has {n} training images), "
+                                  f"got {val_size!r}")
+            rows = slice(0, n - val_size) if self.split == "train" else slice(n - val_size, n)
+        self.val_size = val_size
+        self._images, self._labels = images[rows], labels[rows]
+
+    def caption_for(self, label: int) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from .transforms import prepare_image
+
+        index = self._check_index(index)
+        label = int(self._labels[index])
+        img = Image.fromarray(np.asarray(self._images[index]))
+        return {
+            "image": prepare_image(img, self.image_size, self.channels, resample=self.resample),
+            "label": label,
+            "caption": self.caption_for(label),
+            "index": index,
+        }

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from mmexp.errors import ConfigError, DatasetNotFoundError
+from mmexp.errors import DatasetNotFoundError
 
-from .base import BaseImageDataset, DatasetFormatError
-from .transforms import prepare_image
+from .base import DatasetFormatError, LabelledArrayDataset
 
 __all__ = ["CIFAR10Dataset", "CIFAR10_CLASSES", "CIFAR10_FOLDER", "read_cifar_batch"]
 
@@ -76,7 +74,7 @@ def _load(folder: str, names: tuple[str, ...], stamp: tuple[int, ...]) -> tuple[
     return images, labels
 
 
-class CIFAR10Dataset(BaseImageDataset):
+class CIFAR10Dataset(LabelledArrayDataset):
     """CIFAR-10: 32x32 colour photos in 10 classes (50k train incl. val, 10k test).
 
     Args:
@@ -91,9 +89,8 @@ class CIFAR10Dataset(BaseImageDataset):
     """
 
     name = "cifar10"
-    provides = ("image", "label", "caption", "index")
     classes = CIFAR10_CLASSES
-    num_classes = len(CIFAR10_CLASSES)
+    resample = "bicubic"
 
     def __init__(
         self,
@@ -121,15 +118,7 @@ class CIFAR10Dataset(BaseImageDataset):
         images, labels = _load(str(folder), names, stamp)
         if len(labels) and (labels.min() < 0 or labels.max() >= 10):
             raise DatasetFormatError(f"CIFAR-10 labels in {folder} are outside 0..9")
-        n = len(images)
-        if split == "test":
-            rows = slice(0, n)
-        else:
-            if not isinstance(val_size, int) or not 0 <= val_size < n:
-                raise ConfigError(f"val_size must be an integer in [0, {n}) (train has {n} images), got {val_size!r}")
-            rows = slice(0, n - val_size) if split == "train" else slice(n - val_size, n)
-        self.val_size = val_size
-        self._images, self._labels = images[rows], labels[rows]
+        self.set_rows(images, labels, val_size, source=str(folder))
 
     def _find(self) -> Path | None:
         for d in (self.root / CIFAR10_FOLDER, self.root):
@@ -150,19 +139,5 @@ class CIFAR10Dataset(BaseImageDataset):
         name = CIFAR10_CLASSES[int(label)]
         return f"a photo of {'an' if name[0] in 'aeiou' else 'a'} {name}"
 
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def extra_repr(self) -> str:
         return f"root={str(self.folder)!r}"
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._check_index(index)
-        label = int(self._labels[index])
-        img = Image.fromarray(np.asarray(self._images[index]))
-        return {
-            "image": prepare_image(img, self.image_size, self.channels, resample="bicubic"),
-            "label": label,
-            "caption": self.caption_for(label),
-            "index": index,
-        }

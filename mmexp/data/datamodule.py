@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,18 @@ _STAGE_SPLITS = {
 }
 
 
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``"auto"`` -> 0 without a GPU, else ``min(8, CPUs per GPU)``; an integer >= 0 as it is."""
+    if num_workers == "auto":
+        if not torch.cuda.is_available():
+            return 0
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(8, cpus // max(1, torch.cuda.device_count()) - 1))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0 or 'auto', got {num_workers!r}")
+    return num_workers
+
+
 class ImageDataModule(L.LightningDataModule):
     """Wraps a dataset factory into train/val/test loaders that follow ``docs/interfaces.md``.
 
@@ -37,9 +50,11 @@ class ImageDataModule(L.LightningDataModule):
         channels: 1 or 3; checked against the data.
         batch_size: training batch size.
         eval_batch_size: batch size of val/test loaders (default: ``batch_size``).
-        num_workers: DataLoader worker processes (0 = load in the main process).
+        num_workers: DataLoader worker processes (0 = load in the main process), or ``"auto"``: none on a
+            machine without a GPU (items are cheap and processes cost more than they save on a few cores),
+            ``min(8, CPUs per GPU)`` with one, so a GPU step is not data-bound.
         seed: seeds the training order (with the epoch) and the worker seeds; never the global RNG.
-        pin_memory: pin host memory for faster GPU transfer.
+        pin_memory: pin host memory for faster GPU transfer; ``"auto"``: when a GPU is present.
         drop_last: drop the last incomplete training batch (val/test never drop).
         persistent_workers: keep workers alive between epochs (default: ``num_workers > 0``).
         name: short dataset name; default the dataset class's ``name`` attribute.
@@ -56,9 +71,9 @@ class ImageDataModule(L.LightningDataModule):
         channels: int,
         batch_size: int,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
         drop_last: bool = True,
         persistent_workers: bool | None = None,
         name: str | None = None,
@@ -77,8 +92,9 @@ class ImageDataModule(L.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+        num_workers = resolve_num_workers(num_workers)
+        if pin_memory == "auto":
+            pin_memory = torch.cuda.is_available()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers

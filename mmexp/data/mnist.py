@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
-from PIL import Image
 
-from mmexp.errors import ConfigError, DatasetNotFoundError
+from mmexp.errors import DatasetNotFoundError
 
-from .base import BaseImageDataset, DatasetFormatError
+from .base import DatasetFormatError, LabelledArrayDataset
 from .idx import read_idx_cached
-from .transforms import prepare_image
 
 __all__ = ["IDXImageDataset", "MNISTDataset", "MNIST_FILES"]
 
@@ -29,7 +27,7 @@ MNIST_FILES: dict[str, tuple[str, str]] = {
 }
 
 
-class IDXImageDataset(BaseImageDataset):
+class IDXImageDataset(LabelledArrayDataset):
     """Base of 28x28 grayscale classification datasets stored as the four (Fashion-)MNIST IDX files.
 
     ``train``/``val`` come from the train files (val = the *last* ``val_size`` images), ``test`` is
@@ -45,8 +43,6 @@ class IDXImageDataset(BaseImageDataset):
         download: download with torchvision when the files are missing.
     """
 
-    provides = ("image", "label", "caption", "index")
-    classes: ClassVar[tuple[str, ...]] = ()
     torchvision_name: ClassVar[str] = ""
     how_to_get: ClassVar[str] = ""
 
@@ -81,20 +77,7 @@ class IDXImageDataset(BaseImageDataset):
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise DatasetFormatError(f"{lbl_path} has labels outside 0..{len(self.classes) - 1}")
-        n = len(images)
-        if split != "test":
-            if not isinstance(val_size, int) or not 0 <= val_size < n:
-                raise ConfigError(f"val_size must be an integer in [0, {n}) (the train file has {n} images), got {val_size!r}")
-            rows = slice(0, n - val_size) if split == "train" else slice(n - val_size, n)
-        else:
-            rows = slice(0, n)
-        self.val_size = val_size
-        self._images = images[rows]
-        self._labels = labels[rows]
-
-    @property
-    def num_classes(self) -> int:  # type: ignore[override]
-        return len(self.classes)
+        self.set_rows(images, labels, val_size, source=str(img_path))
 
     # -- files --------------------------------------------------------------------------------
     def _candidate_dirs(self) -> list[Path]:
@@ -136,26 +119,8 @@ class IDXImageDataset(BaseImageDataset):
                 f"{type(e).__name__}: {e}. {self.how_to_get}"
             ) from e
 
-    # -- items --------------------------------------------------------------------------------
-    def caption_for(self, label: int) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
     def extra_repr(self) -> str:
         return f"root={str(self.directory)!r}"
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._check_index(index)
-        label = int(self._labels[index])
-        img = Image.fromarray(np.asarray(self._images[index]))
-        return {
-            "image": prepare_image(img, self.image_size, self.channels, resample="bilinear"),
-            "label": label,
-            "caption": self.caption_for(label),
-            "index": index,
-        }
 
 
 class MNISTDataset(IDXImageDataset):
