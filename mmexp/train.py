@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from mmexp.callbacks import AtomicCheckpointIO, BestCheckpoint, ValidationMetrics, read_run_state
 from mmexp.checkpoint import resumable_path
 from mmexp.config import build, data_identity, instantiate_group, stable_hash
-from mmexp.errors import ConfigError, MissingBatchKeyError, NonFiniteLossError
+from mmexp.batch import check_keys
+from mmexp.errors import ConfigError, NonFiniteLossError
 from mmexp.io import to_float, write_metrics_json
 from mmexp.loggers import WandbLogger, find_logger
 from mmexp.loggers import finish as finish_loggers
@@ -30,12 +31,9 @@ def check_compatible(model: pl.LightningModule, datamodule: pl.LightningDataModu
     """Catch before training what would otherwise fail deep inside the first step."""
     model.check_data(tuple(datamodule.image_shape))
     provides = tuple(getattr(datamodule, "provides", ()) or ())
-    missing = [key for key in getattr(model, "required_keys", ()) if provides and key not in provides]
-    if missing:
-        raise MissingBatchKeyError(
-            f"{type(model).__name__} needs batch keys {missing}, but data "
-            f"'{getattr(datamodule, 'name', type(datamodule).__name__)}' provides only {list(provides)}"
-        )
+    if provides:
+        check_keys(provides, getattr(model, "required_keys", ()), type(model).__name__,
+                   f"data '{getattr(datamodule, 'name', type(datamodule).__name__)}'")
 
 
 def build_target_is(entry: DictConfig, kind: type) -> bool:

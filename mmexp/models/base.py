@@ -11,7 +11,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
+from mmexp.batch import check_keys
+from mmexp.errors import NonFiniteLossError, ShapeMismatchError
 
 
 @contextlib.contextmanager
@@ -81,12 +82,9 @@ class GenerativeModule(L.LightningModule):
                 f"data.image_size/data.channels or the model's channels/image_size to agree")
 
     def check_batch(self, batch: Mapping[str, Any]) -> None:
-        """Raise MissingBatchKeyError naming the first required key missing from ``batch``."""
-        for key in self.required_keys:
-            if key not in batch:
-                raise MissingBatchKeyError(
-                    f"{type(self).__name__} needs batch key {key!r} but the dataset provides "
-                    f"only {sorted(batch)}; choose a dataset that provides {key!r}")
+        """Raise MissingBatchKeyError naming the first required key missing from ``batch``
+        (the keys are defined in :mod:`mmexp.batch`)."""
+        check_keys(batch.keys(), self.required_keys, type(self).__name__)
 
     def setup(self, stage: str) -> None:
         """Fail early if the trainer's datamodule disagrees with the model (shape, keys)."""
