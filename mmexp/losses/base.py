@@ -104,23 +104,21 @@ class LossSet(nn.Module):
                 raise ConfigError(f"LossSet: term {name!r} ({type(term).__name__}) defines "
                                   "neither forward nor d_loss")
         self.terms = nn.ModuleDict(terms)
-        self._signatures = {
-            (name, side): _params(term.forward if side == "model" else term.d_loss)
-            for name, term in self.terms.items() for side in term.sides()}
+        # side -> [(name, required inputs, optional inputs)], in the config's order
+        self._plan: dict[str, list[tuple[str, list[str], list[str]]]] = {
+            side: [(name, *_params(term.forward if side == "model" else term.d_loss))
+                   for name, term in terms.items() if side in term.sides()]
+            for side in SIDES}
 
     def names(self, side: str = "model") -> list[str]:
         """Names of the terms acting on ``side`` (one of :data:`SIDES`)."""
         if side not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        return [name for name, term in self.terms.items() if side in term.sides()]
+        return [name for name, _, _ in self._plan[side]]
 
     def input_names(self, side: str = "model") -> set[str]:
         """Every input some term of ``side`` takes (required or optional)."""
-        out: set[str] = set()
-        for name in self.names(side):
-            required, optional = self._signatures[(name, side)]
-            out.update(required, optional)
-        return out
+        return {k for _, required, optional in self._plan[side] for k in (*required, *optional)}
 
     def forward(self, **inputs: Any) -> LossOutput:
         return self._evaluate("model", inputs)
@@ -129,15 +127,13 @@ class LossSet(nn.Module):
         return self._evaluate("discriminator", inputs)
 
     def _evaluate(self, side: str, inputs: dict[str, Any]) -> LossOutput:
-        names = self.names(side)
-        if not names:
+        if not self._plan[side]:
             raise ConfigError(f"LossSet: no term acts on the {side} (terms: "
                               f"{ {n: type(t).__name__ for n, t in self.terms.items()} })")
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
-        for name in names:
+        for name, required, optional in self._plan[side]:
             term = self.terms[name]
-            required, optional = self._signatures[(name, side)]
             missing = [k for k in required if k not in inputs]
             if missing:
                 raise ConfigError(
@@ -152,5 +148,6 @@ class LossSet(nn.Module):
             total = weighted if total is None else total + weighted
             parts[name] = value.detach()
         if total is None:
-            raise RuntimeError(f"LossSet: every {side} term ({names}) sat this call out")
+            raise RuntimeError(f"LossSet: every {side} term ({self.names(side)}) sat this call "
+                               "out")
         return LossOutput(total, parts)
