@@ -22,7 +22,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmexp.losses import GANLoss
+from mmexp.losses import LossSet
+from mmexp.losses.adversarial import NonSaturatingLoss
 from mmexp.models import GAN
 from mmexp.networks import DCGANDiscriminator, DCGANGenerator
 
@@ -77,7 +78,7 @@ def timed(stamps: list[float], warmup: int) -> list[float]:
 
 def run_lightning(args, data) -> float:
     g, d = networks(args)
-    model = GAN(g, d, "bce", adam(), adam(), n_disc=1)
+    model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1)
     timer = Timer()
     trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
                         devices=1, logger=False, enable_checkpointing=False,
@@ -92,7 +93,7 @@ def run_plain(args, data) -> float:
     g, d = networks(args)
     g, d = g.to(dev).train(), d.to(dev).train()
     opt_g, opt_d = adam()(params=g.parameters()), adam()(params=d.parameters())
-    loss = GANLoss("bce")
+    loss = NonSaturatingLoss()
     stamps = []
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     for batch in DataLoader(data, batch_size=None, shuffle=False):
@@ -107,7 +108,7 @@ def run_plain(args, data) -> float:
         d_loss.backward()
         opt_d.step()
         d.requires_grad_(False)
-        g_loss = loss.g_loss(d(g(torch.randn(b, args.latent_dim, device=dev))))
+        g_loss = loss(d(g(torch.randn(b, args.latent_dim, device=dev))))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

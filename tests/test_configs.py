@@ -9,6 +9,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 import mmexp
+from mmexp.config import build
 from tests.conftest import compose_cfg
 
 CONF = Path(mmexp.__file__).parent / "conf"
@@ -19,10 +20,12 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_exist():
-    for group in ("model", "data", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
+    for group in ("model", "data", "loss", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
                   "debug", "hparams_search", "metrics"):
         assert (CONF / group).is_dir(), group
     assert {"dcgan", "vae", "vqvae"} <= set(options("model"))
+    assert {"gan_bce", "gan_hinge", "wgan_gp", "vae", "vqvae", "l1", "charbonnier", "l1_perceptual"} <= set(
+        options("loss"))
     assert {"shapes", "digits", "fashion_mnist", "mnist", "cifar10", "celeba", "folder"} <= set(options("data"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
@@ -35,7 +38,7 @@ def test_default_config(tmp_path):
     assert cfg.model.generator.image_size == cfg.data.image_size
 
 
-@pytest.mark.parametrize("group", ["model", "data", "trainer", "logger", "callbacks", "metrics", "debug",
+@pytest.mark.parametrize("group", ["model", "data", "loss", "trainer", "logger", "callbacks", "metrics", "debug",
                                    "hparams_search"])
 def test_every_option_composes(tmp_path, group):
     for option in options(group):
@@ -74,11 +77,17 @@ def test_unknown_option_lists_choices(tmp_path):
 
 
 def test_optuna_search_sweeps_what_it_names(tmp_path):
-    """Every parameter the Optuna example searches exists in the config it sweeps."""
+    """Every parameter the Optuna example searches exists in the config it sweeps, and every
+    choice it can draw composes into a model that builds."""
     from omegaconf import OmegaConf
 
     cfg = compose_cfg(tmp_path, "hparams_search=optuna_dcgan")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-    for key in cfg.hydra.sweeper.params:
+    for key, space in cfg.hydra.sweeper.params.items():
         assert OmegaConf.select(cfg, key) is not None, key
+        if not space.startswith("choice("):
+            continue
+        for value in (v.strip() for v in space[len("choice("):-1].split(",")):
+            drawn = compose_cfg(tmp_path, "hparams_search=optuna_dcgan", f"{key}={value}")
+            build(drawn.model)
     assert cfg.optimized_metric == "val/fid"

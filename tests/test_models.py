@@ -1,23 +1,27 @@
 """LightningModules: training on dict batches, guards, sampling semantics, configs."""
 
 import functools
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
+from mmexp.losses import LossSet
+from mmexp.losses.adversarial import NonSaturatingLoss
+from mmexp.losses.kl import GaussianKL
+from mmexp.losses.likelihood import BernoulliNLL, GaussianNLL
+from mmexp.losses.reconstruction import MSELoss
+from mmexp.losses.vq import CodebookLoss, CommitmentLoss
 from mmexp.models import GAN, VAE, VQVAE
 from mmexp.networks import (
     DCGANDiscriminator, DCGANGenerator, Decoder, Encoder, GaussianDecoder, GaussianEncoder,
     VectorQuantizer,
 )
+from tests.conftest import compose_cfg
 
-CONF = Path(__file__).resolve().parents[1] / "mmexp" / "conf" / "model"
 C, S, B = 3, 32, 4
 adam = functools.partial(torch.optim.Adam, lr=1e-3)
 
@@ -53,19 +57,31 @@ def trainer(max_steps=3, callbacks=()):
                      callbacks=list(callbacks))
 
 
-def make_gan(**kw):
-    return GAN(DCGANGenerator(16, C, S, 8), DCGANDiscriminator(C, S, 8), "bce", adam, adam, **kw)
+def make_gan(loss=None, **kw):
+    loss = loss or LossSet({"adversarial": NonSaturatingLoss()})
+    return GAN(DCGANGenerator(16, C, S, 8), DCGANDiscriminator(C, S, 8), loss, adam, adam, **kw)
 
 
-def make_vae(**kw):
+def vae_loss(likelihood="gaussian", beta=1.0):
+    nll = {"gaussian": GaussianNLL, "bernoulli": BernoulliNLL}[likelihood]()
+    return LossSet({"recon": nll, "kl": GaussianKL(beta)})
+
+
+def make_vae(loss=None, **kw):
     net = {"channels": C, "image_size": S, "latent_dim": 8, "base_channels": 8,
            "channel_mults": (1, 2)}
-    return VAE(GaussianEncoder(**net), GaussianDecoder(**net), adam, **kw)
+    return VAE(GaussianEncoder(**net), GaussianDecoder(**net), adam, loss or vae_loss(), **kw)
 
 
-def make_vqvae(ema=True, **kw):
+def vqvae_loss(beta=0.25):
+    return LossSet({"recon": MSELoss(), "commitment": CommitmentLoss(beta),
+                    "codebook": CodebookLoss()})
+
+
+def make_vqvae(ema=True, loss=None, **kw):
     enc = Encoder(C, S, 8, 8, (1, 2, 2), 1)
-    return VQVAE(enc, VectorQuantizer(32, 8, ema=ema), Decoder(C, 8, 8, (1, 2, 2), 1), adam, **kw)
+    return VQVAE(enc, VectorQuantizer(32, 8, ema=ema), Decoder(C, 8, 8, (1, 2, 2), 1), adam,
+                 loss or vqvae_loss(), **kw)
 
 
 MAKERS = {"gan": make_gan, "vae": make_vae, "vqvae": make_vqvae}
@@ -88,10 +104,11 @@ def test_trains_and_logs_finite(name):
     model, rec = MAKERS[name](), Recorder()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer(callbacks=[rec]).fit(model, loader())
-    keys = {"gan": {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"},
-            "vae": {"train/loss", "train/recon", "train/kl"},
-            "vqvae": {"train/loss", "train/recon", "train/perplexity", "train/codebook_usage",
-                      "train/psnr"}}[name]
+    keys = {"gan": {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake",
+                    "train/loss/d/adversarial", "train/loss/g/adversarial"},
+            "vae": {"train/loss", "train/loss/recon", "train/loss/kl", "train/sigma"},
+            "vqvae": {"train/loss", "train/loss/recon", "train/loss/commitment",
+                      "train/perplexity", "train/codebook_usage", "train/psnr"}}[name]
     assert keys <= set(rec.metrics[-1])
     assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in rec.metrics)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -226,7 +243,7 @@ def test_gan_validation_and_preview_are_reproducible():
 # ----------------------------------------------------------------------------- VAE / VQ-VAE
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_vae_outputs(likelihood):
-    model = make_vae(likelihood=likelihood, num_preview=3)
+    model = make_vae(vae_loss(likelihood), num_preview=3)
     batch = next(iter(loader()))
     model.on_validation_epoch_start()
     out = model.validation_step(batch, 0)
@@ -236,8 +253,9 @@ def test_vae_outputs(likelihood):
     images, nrow = model.preview(batch)
     assert images.shape == (9, C, S, S) and nrow == 3
     assert model.generate(2).shape == (2, C, S, S)
-    recon, kl, _ = model.elbo_terms(batch["image"])
-    assert torch.isfinite(recon) and kl >= 0
+    (total, parts), _ = model.elbo_terms(batch["image"])
+    assert set(parts) == {"recon", "kl"} and torch.isfinite(total) and parts["kl"] >= 0
+    assert model.learn_sigma == (likelihood == "gaussian")  # Bernoulli has no sigma to learn
 
 
 def test_vqvae_codes_and_outputs():
@@ -260,9 +278,9 @@ def test_vqvae_codes_and_outputs():
                                                 ("dcgan", 3, 64), ("vae", 1, 28),
                                                 ("vae", 3, 32), ("vqvae", 3, 32),
                                                 ("vqvae", 1, 28)])
-def test_configs_build(name, channels, size):
-    cfg = OmegaConf.create({"data": {"channels": channels, "image_size": size},
-                            "model": OmegaConf.load(CONF / f"{name}.yaml")})
+def test_configs_build(tmp_path, name, channels, size):
+    cfg = compose_cfg(tmp_path, f"model={name}", f"data.channels={channels}",
+                      f"data.image_size={size}")
     model = instantiate(cfg.model)
     model.check_data((channels, size, size))
     opts = model.configure_optimizers()
@@ -270,12 +288,11 @@ def test_configs_build(name, channels, size):
     assert all(isinstance(o.param_groups[0]["lr"], float) for o in opts)
 
 
-def test_config_overrides_swap_parts():
-    cfg = OmegaConf.create({"data": {"channels": 3, "image_size": 32},
-                            "model": OmegaConf.load(CONF / "dcgan.yaml")})
-    over = OmegaConf.from_dotlist(["model.loss.kind=hinge", "model.ema_decay=0.999",
-                                   "model.discriminator.spectral_norm=true",
-                                   "model.generator.base_channels=8"])
-    model = instantiate(OmegaConf.merge(cfg, over).model)
-    assert model.loss.kind == "hinge" and model.ema is not None
+def test_config_overrides_swap_parts(tmp_path):
+    from mmexp.losses.adversarial import HingeLoss
+
+    cfg = compose_cfg(tmp_path, "model=dcgan", "loss=gan_hinge", "model.ema_decay=0.999",
+                      "model.discriminator.spectral_norm=true", "model.generator.base_channels=8")
+    model = instantiate(cfg.model)
+    assert isinstance(model.loss.terms["adversarial"], HingeLoss) and model.ema is not None
     assert model.hparams.ema_decay == 0.999

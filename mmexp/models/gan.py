@@ -11,7 +11,7 @@ from torch import nn
 
 from mmexp.ema import EMA
 from mmexp.errors import ConfigError
-from mmexp.losses.gan import GANLoss
+from mmexp.losses import LossSet
 from mmexp.models.base import GenerativeModule, eval_mode
 
 
@@ -23,7 +23,11 @@ class GAN(GenerativeModule):
             expose ``latent_dim``, ``channels`` and ``image_size``.
         discriminator (nn.Module): ``images -> logits [B]``; ``channels``/``image_size`` must
             match the generator's when it exposes them.
-        loss (GANLoss | str): the adversarial loss, or its kind (``"bce"``, ``"hinge"``).
+        loss (LossSet): the loss (``conf/loss/gan_*.yaml``): terms with ``d_loss`` (an
+            adversarial loss, regularisers) make the discriminator's loss, terms with
+            ``forward`` the generator's. Discriminator terms may take ``real_logits``,
+            ``fake_logits``, ``discriminator``, ``real``, ``fake`` and ``step`` (the index of this
+            D step); generator terms ``fake_logits`` and ``fake``.
         optimizer_g, optimizer_d (Callable): Hydra partials called as ``optimizer(params=...)``;
             separate learning rates give TTUR (Heusel et al. 2017).
         scheduler_g, scheduler_d (Callable | None): partials called as
@@ -49,11 +53,12 @@ class GAN(GenerativeModule):
 
     Training noise comes from the global torch RNG; validation and preview noise from a
     ``torch.Generator`` seeded with ``sample_seed``. Logs (per step, tensors) ``train/d_loss``,
-    ``train/g_loss``, and ``train/d_real`` / ``train/d_fake``: mean raw discriminator logits
-    on the real and generated batch.
+    ``train/g_loss``, their unweighted parts ``train/loss/d/<term>`` and ``train/loss/g/<term>``
+    (see :mod:`mmexp.losses`), and ``train/d_real`` / ``train/d_fake``: mean raw
+    discriminator logits on the real and generated batch.
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: GANLoss | str,
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: LossSet,
                  optimizer_g: Callable[..., torch.optim.Optimizer],
                  optimizer_d: Callable[..., torch.optim.Optimizer],
                  scheduler_g: Callable[..., Any] | None = None,
@@ -71,7 +76,11 @@ class GAN(GenerativeModule):
             if g is not None and d is not None and g != d:
                 raise ConfigError(f"GAN: generator {attr}={g} but discriminator {attr}={d}")
         self.generator, self.discriminator = generator, discriminator
-        self.loss = GANLoss(loss) if isinstance(loss, str) else loss
+        if not (isinstance(loss, LossSet) and loss.names("discriminator") and loss.names("model")):
+            raise ConfigError(f"GAN: loss must be a LossSet with an adversarial term (terms on the "
+                              f"discriminator and the generator), got {loss!r}; choose loss=gan_bce, "
+                              "gan_hinge, wgan_gp or gan_hinge_r1")
+        self.loss = loss
         self.latent_dim = int(generator.latent_dim)
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
@@ -103,6 +112,12 @@ class GAN(GenerativeModule):
         """Whether the current batch (before its D step) ends with a G step."""
         return self.global_step % (self.n_disc + 1) == self.n_disc - 1
 
+    def d_step_index(self) -> int:
+        """How many D steps came before the current one (from ``global_step``, so it survives a
+        resume): what lazy regularisers (``R1Penalty(every=k)``) count."""
+        cycles, pos = divmod(self.global_step, self.n_disc + 1)
+        return cycles * self.n_disc + pos
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.check_batch(batch)
         real = batch["image"]
@@ -113,21 +128,26 @@ class GAN(GenerativeModule):
         with torch.no_grad():
             fake = self.generator(self.randn(b, self.latent_dim))
         real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
-        d_loss = self.loss.d_loss(real_logits, fake_logits)
+        d_out = self.loss.d_loss(
+            real_logits=real_logits, fake_logits=fake_logits, discriminator=self.discriminator,
+            real=real, fake=fake, step=self.d_step_index())
+        d_loss = d_out.total
         self.guard_finite(**{"train/d_loss": d_loss})
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
         if self._sched.get("d") is not None:
             self._sched["d"].step()
-        logs = {"train/d_loss": d_loss.detach(), "train/d_real": real_logits.detach().mean(),
+        logs = {"train/d_loss": d_loss.detach(), **d_out.named("train/loss/d"),
+                "train/d_real": real_logits.detach().mean(),
                 "train/d_fake": fake_logits.detach().mean()}
 
         if g_step:
             self.discriminator.requires_grad_(False)
             try:
-                g_loss = self.loss.g_loss(self.discriminator(
-                    self.generator(self.randn(b, self.latent_dim))))
+                fake = self.generator(self.randn(b, self.latent_dim))
+                g_out = self.loss(fake_logits=self.discriminator(fake), fake=fake)
+                g_loss = g_out.total
                 self.guard_finite(**{"train/g_loss": g_loss})
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
@@ -138,7 +158,7 @@ class GAN(GenerativeModule):
                 self._sched["g"].step()
             if self.ema is not None:
                 self.ema.update(self.global_step // (self.n_disc + 1))
-            logs["train/g_loss"] = g_loss.detach()
+            logs.update({"train/g_loss": g_loss.detach(), **g_out.named("train/loss/g")})
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=True)
 
     # ------------------------------------------------------------------ sampling

@@ -1,4 +1,4 @@
-"""Variational autoencoder (Kingma & Welling 2014), with β-VAE weighting (Higgins et al. 2017)."""
+"""Variational autoencoder (Kingma & Welling 2014); β-VAE (Higgins et al. 2017) by the loss's KL weight."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmexp.errors import ConfigError
+from mmexp.losses import LossOutput, LossSet
+from mmexp.losses.likelihood import Likelihood
 from mmexp.models.base import GenerativeModule, eval_mode
 
 
 class VAE(GenerativeModule):
-    """VAE trained on the negative ELBO ``recon + beta * KL(q(z|x) || N(0, I))``.
+    """VAE trained on its loss, by default the negative ELBO ``recon + beta * KL(q(z|x) || N(0, I))``.
 
     Args:
         encoder (nn.Module): ``x -> (mu, logvar)``, each ``[B, latent_dim]`` (e.g.
@@ -25,47 +26,50 @@ class VAE(GenerativeModule):
         optimizer (Callable): Hydra partial, ``optimizer(params=...)``.
         scheduler (Callable | None): partial, ``scheduler(optimizer=...)``, stepped every
             optimizer step. Default: None.
-        likelihood (str): p(x|z): ``"gaussian"`` on images in [-1, 1], or ``"bernoulli"`` on
-            targets mapped to [0, 1] by ``(x + 1) / 2`` (decoder outputs logits).
-            Default: ``"gaussian"``.
-        beta (float): weight of the KL term (β-VAE). Default: 1.0.
-        sigma (float): standard deviation of the Gaussian likelihood (its initial value when
+        loss (LossSet): the loss (``conf/loss/vae.yaml``), with exactly one likelihood term
+            (:class:`mmexp.losses.likelihood.Likelihood`: ``GaussianNLL`` on images in [-1, 1],
+            ``BernoulliNLL`` on targets mapped to [0, 1], decoder outputs logits), which also
+            says what the decoder's output means, and e.g. a ``GaussianKL`` whose weight is β.
+            Its terms may take ``pred`` (decoder output), ``target`` (images), ``mu``,
+            ``logvar`` and ``log_sigma``.
+        sigma (float): standard deviation of a Gaussian likelihood (its initial value when
             learned). Default: 0.1.
         learn_sigma (bool): learn one shared ``log_sigma`` (σ-VAE, Rybkin et al. 2021), which
-            balances reconstruction and KL automatically; else sigma stays fixed. Default: True.
+            balances reconstruction and KL automatically, when a loss term takes ``log_sigma``;
+            else sigma stays fixed. Default: True.
         num_preview (int): inputs shown in :meth:`preview`. Default: 8.
         sample_seed (int): seed of validation/preview noise. Default: 0.
         finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
 
-    Both terms are in nats per image (summed over pixels resp. latent dims, averaged over the
-    batch); the Gaussian NLL includes its constant, so ``recon`` can be negative.
-    Logs ``train/loss``, ``train/recon``, ``train/kl`` (and ``train/sigma`` when learned) per
-    step and ``val/loss``, ``val/recon``, ``val/kl`` per epoch.
+    The likelihood and KL terms are in nats per image (summed over pixels resp. latent dims,
+    averaged over the batch); the Gaussian NLL includes its constant, so ``recon`` can be
+    negative. Logs ``train/loss`` and its unweighted parts ``train/loss/<term>`` (and
+    ``train/sigma`` when learned) per step, and ``val/loss``, ``val/loss/<term>`` per epoch.
     """
-
-    LIKELIHOODS = ("gaussian", "bernoulli")
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module,
                  optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, likelihood: str = "gaussian",
-                 beta: float = 1.0, sigma: float = 0.1, learn_sigma: bool = True,
-                 num_preview: int = 8, sample_seed: int = 0,
-                 finite_check_every_n_steps: int = 1) -> None:
+                 loss: LossSet, scheduler: Callable[..., Any] | None = None,
+                 sigma: float = 0.1, learn_sigma: bool = True, num_preview: int = 8,
+                 sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
         super().__init__(finite_check_every_n_steps, sample_seed)
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "scheduler"])
-        if likelihood not in self.LIKELIHOODS:
-            raise ConfigError(f"VAE: unknown likelihood {likelihood!r}; choose one of "
-                              f"{list(self.LIKELIHOODS)}")
-        self.encoder, self.decoder = encoder, decoder
+        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "loss", "scheduler"])
+        likelihoods = [n for n, t in getattr(loss, "terms", {}).items() if isinstance(t, Likelihood)]
+        if not isinstance(loss, LossSet) or len(likelihoods) != 1:
+            raise ConfigError(f"VAE: loss must be a LossSet with exactly one likelihood term "
+                              f"(GaussianNLL or BernoulliNLL), got {loss!r}; choose loss=vae or "
+                              "loss=vae_bernoulli")
+        self.encoder, self.decoder, self.loss = encoder, decoder, loss
+        self.likelihood_term = likelihoods[0]
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
-        self.likelihood, self.beta, self.num_preview = likelihood, float(beta), int(num_preview)
+        self.num_preview = int(num_preview)
         self.latent_dim = int(decoder.latent_dim)
+        self.learn_sigma = bool(learn_sigma) and "log_sigma" in loss.input_names()
         log_sigma = torch.tensor(math.log(sigma))
-        if learn_sigma and likelihood == "gaussian":
+        if self.learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-        self.learn_sigma = learn_sigma and likelihood == "gaussian"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -74,32 +78,26 @@ class VAE(GenerativeModule):
 
     # ------------------------------------------------------------------ model
     def to_image(self, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output -> image in [-1, 1] (clamped mean, or ``2 * sigmoid(logits) - 1``)."""
-        if self.likelihood == "bernoulli":
-            return torch.sigmoid(out) * 2 - 1
-        return out.clamp(-1, 1)
+        """Decoder output -> image in [-1, 1]: the likelihood's mean (clamped Gaussian mean, or
+        ``2 * sigmoid(logits) - 1``)."""
+        return self.loss.terms[self.likelihood_term].mean(out)
 
     def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(recon, kl, decoder output)`` for a batch, z drawn with the reparameterisation."""
+                   ) -> tuple[LossOutput, torch.Tensor]:
+        """``(loss output, decoder output)`` for a batch, z drawn with the reparameterisation;
+        the loss output is ``(total, unweighted parts)``, e.g. parts ``recon`` and ``kl``."""
         mu, logvar = self.encoder(x)
         z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape, generator=generator)
         out = self.decoder(z)
-        if self.likelihood == "bernoulli":
-            nll = F.binary_cross_entropy_with_logits(out, (x + 1) / 2, reduction="none")
-        else:
-            nll = (0.5 * ((x - out) * torch.exp(-self.log_sigma)) ** 2 + self.log_sigma
-                   + 0.5 * math.log(2 * math.pi))
-        recon = nll.flatten(1).sum(1).mean()
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
-        return recon, kl, out
+        return self.loss(pred=out, target=x, mu=mu, logvar=logvar,
+                         log_sigma=self.log_sigma), out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.check_batch(batch)
-        recon, kl, _ = self.elbo_terms(batch["image"])
-        loss = recon + self.beta * kl
+        out, _ = self.elbo_terms(batch["image"])
+        loss = out.total
         self.guard_finite(**{"train/loss": loss})
-        logs = {"train/loss": loss.detach(), "train/recon": recon.detach(), "train/kl": kl.detach()}
+        logs = {"train/loss": loss.detach(), **out.named("train/loss")}
         if self.learn_sigma:
             logs["train/sigma"] = self.log_sigma.detach().exp()
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=True)
@@ -109,9 +107,9 @@ class VAE(GenerativeModule):
         self.check_batch(batch)
         x = batch["image"]
         rng = self.val_generator()
-        recon, kl, _ = self.elbo_terms(x, generator=rng)
+        out, _ = self.elbo_terms(x, generator=rng)
         stage = self.eval_prefix
-        self.log_dict({f"{stage}/loss": recon + self.beta * kl, f"{stage}/recon": recon, f"{stage}/kl": kl},
+        self.log_dict({f"{stage}/loss": out.total, **out.named(f"{stage}/loss")},
                       on_step=False, on_epoch=True, batch_size=x.shape[0])
         return {"real": x, "fake": self.generate(x.shape[0], rng),
                 "pred": self.reconstruct(x), "target": x}

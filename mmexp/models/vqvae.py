@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmexp.errors import ConfigError
+from mmexp.losses import LossSet
 from mmexp.models.base import GenerativeModule, eval_mode
 from mmexp.networks.vqvae import QuantizerOutput
 
@@ -22,18 +22,22 @@ def batch_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class VQVAE(GenerativeModule):
-    """VQ-VAE: ``encoder -> quantizer -> decoder``, loss ``MSE(x_hat, x) + quantizer loss``.
+    """VQ-VAE: ``encoder -> quantizer -> decoder``, by default with the loss
+    ``MSE(x_hat, x) + beta * commitment + codebook`` (``conf/loss/vqvae.yaml``).
 
     Args:
         encoder (nn.Module): image -> ``[B, code_dim, h, w]`` (e.g.
             :class:`mmexp.networks.autoencoder.Encoder`); must expose ``channels``,
             ``image_size``.
-        quantizer (nn.Module): :class:`mmexp.networks.vqvae.VectorQuantizer` (commitment
-            ``beta``, EMA codebook option and dead-code restarts live there).
+        quantizer (nn.Module): :class:`mmexp.networks.vqvae.VectorQuantizer` (EMA codebook
+            option and dead-code restarts live there).
         decoder (nn.Module): ``[B, code_dim, h, w] -> [B, C, H, W]`` (unbounded; clamped for
             images).
         optimizer (Callable): Hydra partial, ``optimizer(params=...)`` (an EMA codebook is not
             given to it).
+        loss (LossSet): the loss; its terms may take ``pred`` (decoder output), ``target``
+            (images) and the quantizer's ``commitment`` and ``codebook`` distances (see
+            :mod:`mmexp.losses.vq`; the commitment term's weight is beta).
         scheduler (Callable | None): partial, ``scheduler(optimizer=...)``, stepped every
             optimizer step. Default: None.
         num_preview (int): inputs shown in :meth:`preview`. Default: 8.
@@ -41,23 +45,31 @@ class VQVAE(GenerativeModule):
             Default: 0.
         finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
 
-    Logs ``train/loss``, ``train/recon`` (MSE), ``train/vq_loss``, ``train/perplexity``,
-    ``train/codebook_usage`` (fraction of codes used in the batch), ``train/psnr`` per step, and
+    Logs ``train/loss``, its unweighted parts ``train/loss/<term>`` (``recon``, ``commitment``,
+    and ``codebook`` without EMA), ``train/perplexity``, ``train/codebook_usage`` (fraction of
+    codes used in the batch), ``train/psnr`` per step, and
     the same under ``val/`` per epoch. :meth:`encode` / :meth:`decode_indices` are the interface
     for a second-stage prior over code indices.
     """
 
     def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module,
-                 optimizer: Callable[..., torch.optim.Optimizer],
+                 optimizer: Callable[..., torch.optim.Optimizer], loss: LossSet,
                  scheduler: Callable[..., Any] | None = None, num_preview: int = 8,
                  sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
         super().__init__(finite_check_every_n_steps, sample_seed)
-        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "optimizer",
+        self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "optimizer", "loss",
                                           "scheduler"])
+        if not isinstance(loss, LossSet):
+            raise ConfigError(f"VQVAE: loss must be a LossSet, got {loss!r}; choose loss=vqvae")
+        if not getattr(quantizer, "ema", True) and "codebook" not in loss.input_names():
+            raise ConfigError("VQVAE: the quantizer's codebook is trained by the codebook loss "
+                              "(model.quantizer.ema=false) but the loss has no term taking it; "
+                              "add one (loss=vqvae has it) or set model.quantizer.ema=true")
         ch_e, ch_d = getattr(encoder, "channels", None), getattr(decoder, "channels", None)
         if ch_e is not None and ch_d is not None and ch_e != ch_d:
             raise ConfigError(f"VQVAE: encoder channels={ch_e} but decoder channels={ch_d}")
         self.encoder, self.quantizer, self.decoder = encoder, quantizer, decoder
+        self.loss = loss
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.num_preview = int(num_preview)
 
@@ -76,13 +88,12 @@ class VQVAE(GenerativeModule):
         self.check_batch(batch)
         x = batch["image"]
         out, q = self(x)
-        recon = F.mse_loss(out, x)
-        loss = recon + q.loss
+        loss, parts = self.loss(pred=out, target=x, commitment=q.commitment, codebook=q.codebook)
         if prefix == "train":
             self.guard_finite(**{"train/loss": loss})
         pred = out.detach().clamp(-1, 1)
-        logs = {"loss": loss, "recon": recon, "vq_loss": q.loss, "perplexity": q.perplexity,
-                "codebook_usage": q.usage, "psnr": batch_psnr(pred, x)}
+        logs = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()},
+                "perplexity": q.perplexity, "codebook_usage": q.usage, "psnr": batch_psnr(pred, x)}
         train = prefix == "train"
         self.log_dict({f"{prefix}/{k}": v.detach() for k, v in logs.items()}, on_step=train,
                       on_epoch=not train, prog_bar=train, batch_size=x.shape[0])

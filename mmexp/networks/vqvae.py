@@ -27,14 +27,18 @@ class QuantizerOutput(NamedTuple):
 
     quantized: ``[B, D, H, W]`` codes, with straight-through gradient to the input.
     indices: ``[B, H, W]`` int64 code indices.
-    loss: scalar, codebook + beta * commitment loss (commitment only with EMA updates).
+    commitment: scalar, ``mean((z - sg[e])^2)``: the commitment distance (gradient to the encoder).
+    codebook: scalar, ``mean((sg[z] - e)^2)`` (gradient to the codebook), or ``None`` with EMA
+        updates, where no loss trains the codebook. The VQ-VAE's loss weights both
+        (:mod:`mmexp.losses.vq`).
     perplexity: scalar, ``exp(entropy)`` of this batch's code histogram (1 .. num_codes).
     usage: scalar, fraction of the codebook used in this batch.
     """
 
     quantized: torch.Tensor
     indices: torch.Tensor
-    loss: torch.Tensor
+    commitment: torch.Tensor
+    codebook: torch.Tensor | None
     perplexity: torch.Tensor
     usage: torch.Tensor
 
@@ -49,7 +53,6 @@ class VectorQuantizer(nn.Module):
     Args:
         num_codes (int): codebook size K. Default: 512.
         code_dim (int): code dimension D (channels of the encoder output). Default: 64.
-        beta (float): commitment weight, ``beta * ||z - sg[e]||^2``. Default: 0.25.
         ema (bool): update the codebook by exponential moving averages of the assigned encoder
             outputs (no gradient to the codebook, no codebook loss) instead of by the codebook
             loss ``||sg[z] - e||^2``. Default: False.
@@ -74,13 +77,13 @@ class VectorQuantizer(nn.Module):
     rank 0, so the codebooks stay equal (not yet exercised by the tests).
     """
 
-    def __init__(self, num_codes: int = 512, code_dim: int = 64, beta: float = 0.25,
-                 ema: bool = False, decay: float = 0.99, eps: float = 1e-5,
+    def __init__(self, num_codes: int = 512, code_dim: int = 64, ema: bool = False,
+                 decay: float = 0.99, eps: float = 1e-5,
                  dead_code_threshold: float = 1.0) -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"VectorQuantizer: decay must be in (0, 1), got {decay}")
-        self.num_codes, self.code_dim, self.beta = num_codes, code_dim, beta
+        self.num_codes, self.code_dim = num_codes, code_dim
         self.ema, self.decay, self.eps = ema, decay, eps
         self.dead_code_threshold = dead_code_threshold
         weight = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
@@ -104,17 +107,15 @@ class VectorQuantizer(nn.Module):
             counts = onehot.sum(0)
         quantized = F.embedding(indices, self.embedding).view(b, h, w, d).permute(0, 3, 1, 2)
         commitment = F.mse_loss(z, quantized.detach())
-        if self.ema:
-            loss = self.beta * commitment
-        else:
-            loss = F.mse_loss(quantized, z.detach()) + self.beta * commitment
+        codebook = None if self.ema else F.mse_loss(quantized, z.detach())
         if self.training:
             self._update_stats(counts, onehot, fz, finite)
         quantized = z + (quantized - z).detach()  # straight-through estimator
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
         usage = (counts > 0).float().mean()
-        return QuantizerOutput(quantized, indices.view(b, h, w), loss, perplexity, usage)
+        return QuantizerOutput(quantized, indices.view(b, h, w), commitment, codebook, perplexity,
+                               usage)
 
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices ``[B, H, W]`` -> codes ``[B, D, H, W]``."""

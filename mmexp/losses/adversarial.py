@@ -1,0 +1,156 @@
+"""Adversarial losses and discriminator regularisers.
+
+Adversarial terms act on both sides: ``d_loss(real_logits, fake_logits)`` is the discriminator's,
+``forward(fake_logits)`` the generator's (both means over the batch of raw logits):
+
+- :class:`NonSaturatingLoss`: Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014, with
+  the non-saturating generator loss: D minimises ``softplus(-D(x)) + softplus(D(G(z)))``, G
+  minimises ``softplus(-D(G(z)))``.
+- :class:`HingeLoss`: Lim & Ye, "Geometric GAN", 2017; Miyato et al., "Spectral Normalization for
+  GANs", ICLR 2018: D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``.
+- :class:`WassersteinLoss`: Arjovsky et al., "Wasserstein GAN", ICML 2017: the critic minimises
+  ``D(G(z)) - D(x)``, G minimises ``-D(G(z))``; needs a Lipschitz constraint such as
+  :class:`GradientPenalty`.
+
+Regularisers act on the discriminator only and take the networks and images explicitly:
+
+- :class:`GradientPenalty`: Gulrajani et al., "Improved Training of Wasserstein GANs", NeurIPS 2017.
+- :class:`R1Penalty`: Mescheder et al., "Which Training Methods for GANs do actually Converge?",
+  ICML 2018, with lazy regularisation (Karras et al., "Analyzing and Improving the Image Quality
+  of StyleGAN", CVPR 2020).
+
+Both penalties differentiate D's output with respect to its input (``create_graph=True``), so a
+discriminator step with them costs an extra forward and a double backward through D. With
+BatchNorm in D the per-sample gradient mixes the batch and the extra forward moves BN's running
+statistics; Gulrajani et al. use no BatchNorm in the critic (``model.discriminator.spectral_norm=true``
+drops it in the DCGAN discriminator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mmexp.errors import ConfigError
+from mmexp.losses.base import LossTerm
+
+Tensor = torch.Tensor
+
+
+class NonSaturatingLoss(LossTerm):
+    """Non-saturating (logistic, "BCE") GAN loss on raw logits (Goodfellow et al. 2014).
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+    """
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+    def forward(self, fake_logits: Tensor) -> Tensor:
+        return F.softplus(-fake_logits).mean()
+
+
+class HingeLoss(LossTerm):
+    """Hinge GAN loss (Lim & Ye 2017; Miyato et al. 2018).
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+    """
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+    def forward(self, fake_logits: Tensor) -> Tensor:
+        return -fake_logits.mean()
+
+
+class WassersteinLoss(LossTerm):
+    """Wasserstein critic loss (Arjovsky et al. 2017); pair it with :class:`GradientPenalty`.
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+    """
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return fake_logits.mean() - real_logits.mean()
+
+    def forward(self, fake_logits: Tensor) -> Tensor:
+        return -fake_logits.mean()
+
+
+def input_gradient(discriminator: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``d sum(D(x)) / dx`` per sample, ``[B, ...]``, with a graph (for a penalty's backward).
+
+    ``x`` is detached first, so the gradient reaches D's parameters only through the penalty."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(x).sum(), x, create_graph=True)
+    return grad
+
+
+class GradientPenalty(LossTerm):
+    """WGAN-GP gradient penalty (Gulrajani et al. 2017) on the discriminator:
+    ``E[(||grad_x D(x_hat)||_2 - target)^2]`` at ``x_hat = u * real + (1 - u) * fake``,
+    ``u ~ U[0, 1]`` per sample (drawn from the global torch RNG).
+
+    Args:
+        weight (float): lambda. Default: 10.0 (the paper's).
+        target (float): the gradient norm aimed at. Default: 1.0.
+
+    ``d_loss(discriminator, real, fake)``: the discriminator (a callable ``images -> logits``) and
+    the real and generated image batches (same shape; both are detached).
+    """
+
+    def __init__(self, weight: float = 10.0, target: float = 1.0) -> None:
+        super().__init__(weight)
+        self.target = float(target)
+
+    def d_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor,
+               fake: Tensor) -> Tensor:
+        if real.shape != fake.shape:
+            raise ValueError(f"GradientPenalty: real {tuple(real.shape)} and fake "
+                             f"{tuple(fake.shape)} batches must have the same shape")
+        u = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device,
+                       dtype=real.dtype)
+        x_hat = u * real.detach() + (1 - u) * fake.detach()
+        grad = input_gradient(discriminator, x_hat)
+        return (grad.flatten(1).norm(2, dim=1) - self.target).pow(2).mean()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, target={self.target:g}"
+
+
+class R1Penalty(LossTerm):
+    """R1 regulariser (Mescheder et al. 2018) on the discriminator: ``0.5 * E[||grad_x D(x)||^2]``
+    over real images, so ``weight`` is the paper's gamma.
+
+    Args:
+        weight (float): gamma. Default: 10.0 (Mescheder et al.'s value for CelebA-HQ-like data;
+            StyleGAN2 tunes it per dataset, e.g. 0.1 to 100).
+        every (int): lazy regularisation (Karras et al. 2020): compute the penalty on one
+            discriminator step in ``every`` and scale it by ``every``, so its average weight
+            stays gamma (the returned and logged value includes the factor ``every``); on the
+            other steps the term sits out (``None``, not logged). Default: 1 (every step).
+
+    ``d_loss(discriminator, real, step)``: the discriminator (a callable ``images -> logits``),
+    the real batch (detached) and the index of this discriminator step (0-based; the penalty
+    runs when ``step % every == 0``). D is evaluated on ``real`` once more, with input gradients.
+    """
+
+    def __init__(self, weight: float = 10.0, every: int = 1) -> None:
+        super().__init__(weight)
+        if int(every) < 1:
+            raise ConfigError(f"R1Penalty: every must be >= 1, got {every}")
+        self.every = int(every)
+
+    def d_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor,
+               step: int) -> Tensor | None:
+        if int(step) % self.every != 0:
+            return None
+        grad = input_gradient(discriminator, real)
+        return 0.5 * grad.pow(2).flatten(1).sum(1).mean() * self.every
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, every={self.every}"
