@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -44,11 +45,18 @@ def records(path: Path) -> list[pb.Record]:
     return parsed
 
 
-def run_file(run_dir: Path) -> Path:
-    """The one ``run-*.wandb`` file under ``run_dir/wandb/offline-run-*``."""
+def run_file(run_dir: Path, timeout: float = 60.0) -> Path:
+    """The one ``run-*.wandb`` file under ``run_dir/wandb/offline-run-*``, once it is complete.
+
+    ``wandb.finish`` returns when the run is finished, but the file is written by W&B's separate core
+    process, which may still be flushing it: wait (up to ``timeout`` s) for the run's ``exit`` record.
+    """
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     if len(files) != 1:
         raise AssertionError(f"expected one W&B run under {run_dir}, found {[str(f) for f in files]}")
+    deadline = time.monotonic() + timeout
+    while exit_code(files[0]) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
     return files[0]
 
 
