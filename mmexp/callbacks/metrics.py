@@ -122,8 +122,9 @@ class ValidationMetrics(pl.Callback):
                             counts.get("num_fake", 0), self.suite.scored_split, self.suite.num_samples)
                 self._warned_recon = True
         for name, value in results.items():
-            # every rank logs the same value, so callbacks monitoring it agree on every rank
-            pl_module.log(f"{self._stage}/{name}", float(value), sync_dist=False)
+            # Every rank logs (callbacks that monitor it, like the best checkpoint's collective save, run
+            # on every rank) the same value: sync_dist averages equal numbers, as Lightning expects under DDP.
+            pl_module.log(f"{self._stage}/{name}", float(value), sync_dist=True)
 
     # -- hooks -----------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

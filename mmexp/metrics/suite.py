@@ -198,7 +198,8 @@ class MetricSuite(nn.Module):
 
     @property
     def fake_kind(self) -> str | None:
-        """``generated`` or ``reconstructions`` (what this rank was fed since :meth:`reset`), or None."""
+        """``generated`` or ``reconstructions``: what this rank was fed since :meth:`reset` (after
+        :meth:`compute`, what any rank was fed), or None."""
         return self._fake_kind
 
     @property
@@ -208,6 +209,7 @@ class MetricSuite(nn.Module):
 
     @property
     def num_real(self) -> int:
+        """Real samples of the loaded reference, else those fed on this rank."""
         if self._store.tensors is not None:
             return int(self._store.tensors["n"])
         return len(self._real)
@@ -392,6 +394,7 @@ class MetricSuite(nn.Module):
     def compute(self) -> dict[str, float]:
         """Flat dict of the metrics there was data for (see ``docs/interfaces.md``); the same on every rank."""
         kind = self._global_fake_kind() if self.generation_metrics else None
+        self._fake_kind = kind  # a rank without samples names and describes them as the others do
         fake = self._fake.gather()[1] if self.generation_metrics else {}
         feats = fake.get("features")
         real = self._real_features() if self.needs_reference else None
