@@ -9,7 +9,6 @@ import math
 import os
 import socket
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from mmexp.metrics import MetricSuite
 from mmexp.metrics import distributed as mdist
 
 N_REAL, N_FAKE = 5, 7  # odd: the sampler pads both
-OPTIONS = dict(name="t", metrics="fid,kid,pr,psnr,ssim", batch_size=4, kid_subsets=20)
+OPTIONS = {"name": "t", "metrics": "fid,kid,pr,psnr,ssim", "batch_size": 4, "kid_subsets": 20}
 RESULTS = ("fid", "kid_mean", "kid_std", "precision", "recall", "psnr", "ssim")
 
 

@@ -34,11 +34,11 @@ rank computes the same numbers as a single process over the same samples (see :m
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from mmexp.errors import ConfigError
 from mmexp.metrics import reference as refcache
