@@ -18,7 +18,8 @@ FEATURE_METRICS = ("fid", "kid", "pr")  # those that need real-image features
 # what compute() reports for the generation metrics
 GENERATION_RESULTS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall")
 # Scored on reconstructions of real images rather than on generated samples, the same numbers get an
-# "r" prefix (rFID, as in Esser et al. 2021, "Taming Transformers"): an rFID is not a generation FID.
+# "r" prefix (rFID, as image-tokenizer papers name the FID of reconstructions): an rFID is not a
+# generation FID and must never be reported, monitored or compared as one.
 RECONSTRUCTION_PREFIX = "r"
 GENERATED, RECONSTRUCTIONS = "generated", "reconstructions"
 

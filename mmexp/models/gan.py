@@ -49,9 +49,9 @@ class GAN(GenerativeModule):
 
     Training noise comes from the global torch RNG; validation noise is drawn per sample index
     (:meth:`generate_indexed`) and preview noise from a ``torch.Generator``, both seeded with
-    ``sample_seed``. Logs (per step, tensors) ``train/d_loss``,
-    ``train/g_loss``, and ``train/d_real`` / ``train/d_fake``: mean raw discriminator logits
-    on the real and generated batch.
+    ``sample_seed``. Logs (per step, tensors) ``train/d_loss``, ``train/g_loss``, and
+    ``train/d_real`` / ``train/d_fake``: mean raw discriminator logits on the real and
+    generated batch.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: GANLoss | str,
