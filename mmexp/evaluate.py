@@ -21,7 +21,7 @@ from mmexp.checkpoint import CHECKPOINT_KEY, load_checkpoint
 from mmexp.callbacks.samples import to_unit
 from mmexp.errors import ConfigError
 from mmexp.config import build, data_identity, stable_hash
-from mmexp.io import write_metrics_json
+from mmexp.io import to_float, write_metrics_json
 
 log = logging.getLogger("mmexp")
 
@@ -72,13 +72,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with torch.random.fork_rng():
         torch.manual_seed(int(suite.seed))
         trainer.validate(model, dataloaders=loader, verbose=False)
+    # every rank holds the same numbers (the callback gathers all ranks' samples); one writes them
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+    if not trainer.is_global_zero:
+        return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
     out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, callback.protocol)
     # and beside the evaluated run, so its results stay with it
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
     os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-    name = suite.name
-    write_metrics_json(os.path.join(run_dir, "eval", f"{name}.json"), metrics, callback.protocol)
+    write_metrics_json(os.path.join(run_dir, "eval", f"{suite.name}.json"), metrics, callback.protocol)
     for key, value in out.items():
         log.info("%s = %s", key, value)
     return {k: v for k, v in out.items() if isinstance(v, float)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from tests.conftest import run_cli
 
 TINY_GAN = ["model.generator.base_channels=8", "model.discriminator.base_channels=8",
@@ -50,14 +52,25 @@ def test_multirun_makes_one_directory_per_run(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_with_hydra(tmp_path):
-    """Lightning re-launches `python -m mmexp` for rank 1; Hydra must hand it the same config and dir."""
+    """Lightning re-launches `python -m mmexp` for rank 1; Hydra must hand it the same config and dir.
+    Validation metrics cover both ranks' images, and one process writes the reference statistics."""
     run = tmp_path / "ddp"
     run_cli(f"hydra.run.dir={run}", "trainer=ddp_cpu", "trainer.max_steps=4", "trainer.limit_val_batches=1",
-            "trainer.check_val_every_n_epoch=1", "metrics=none", "logger=csv", *TINY_GAN[:-2],
-            "trainer.enable_progress_bar=false", cwd=tmp_path, timeout=300)
+            "trainer.check_val_every_n_epoch=1", "metrics.num_samples=32", "metrics.reference_samples=32",
+            "metrics.batch_size=16", "metrics.kid_subsets=10", f"paths.cache_dir={tmp_path / 'cache'}",
+            "data.eval_batch_size=16", "logger=csv", *TINY_GAN[:-2], "trainer.enable_progress_bar=false",
+            cwd=tmp_path, timeout=600)
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert not any(p.name != "ddp" for p in tmp_path.iterdir() if p.is_dir() and p.name not in ("ddp", "logs")), \
+    # val/fid is logged on both ranks, so the best checkpoint (a collective save) is written
+    assert list((run / "checkpoints").glob("best-step*.ckpt"))
+    assert not any(p.name != "ddp" for p in tmp_path.iterdir() if p.is_dir() and p.name not in ("ddp", "logs", "cache")), \
         "rank 1 must not create a run directory of its own"
+    metrics = json.loads((run / "metrics.json").read_text())
+    # 32 val images, one batch of 16 per rank: both ranks' images count
+    assert metrics["protocol/counts/num_real"] == 32 and metrics["protocol/counts/num_fake"] == 32, metrics
+    assert metrics["val/fid"] > 0 and "val/kid_mean" in metrics
+    (stats,) = (tmp_path / "cache" / "refstats").iterdir()
+    assert int(torch.load(stats, weights_only=True)["tensors"]["n"]) == 32
 
 
 def test_a_diverged_sweep_job_does_not_end_the_sweep(tmp_path):

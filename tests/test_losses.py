@@ -22,7 +22,6 @@ from mmexp.losses.adversarial import (
     GradientPenalty, HingeLoss, NonSaturatingLoss, R1Penalty, WassersteinLoss,
 )
 from mmexp.losses.kl import GaussianKL
-from mmexp.losses.likelihood import GaussianNLL
 from mmexp.losses.perceptual import PerceptualLoss
 from mmexp.losses.reconstruction import CharbonnierLoss, L1Loss, MSELoss
 from mmexp.train import train

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mmexp.metrics import MetricSuite
 from mmexp.metrics import inception as inc
@@ -116,8 +118,6 @@ def test_is_skipped_without_logits_and_reference_cache(metrics_cache, metrics_ph
 
 
 def test_score_cli(metrics_cache, metrics_photos, tmp_path):
-    from PIL import Image
-
     for name, which in (("ref", "a"), ("test", "b")):
         d = tmp_path / name
         d.mkdir()
@@ -129,6 +129,17 @@ def test_score_cli(metrics_cache, metrics_photos, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(rec["metrics"]) == {"fid", "psnr", "ssim"} and rec["protocol"]["name"] == "score"
+    # the same numbers as the suite fed the same pixels directly (files read here with PIL)
+    pixels = {name: torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+                                 for p in sorted((tmp_path / name).glob("*.png"))]) for name in ("ref", "test")}
+    direct = MetricSuite(metrics="fid,psnr,ssim", batch_size=4)
+    direct.update_real(_f(pixels["ref"]))
+    direct.update_fake(_f(pixels["test"]))
+    direct.update_pair(_f(pixels["test"]), _f(pixels["ref"]))
+    expected = direct.compute()
+    for name in ("fid", "psnr", "ssim"):
+        assert rec["metrics"][name] == pytest.approx(expected[name], rel=1e-5), name
+    assert expected["fid"] > 1 and 0 < expected["ssim"] < 1
     assert rec["protocol"]["feature_extractor"]["weights"]["file"] == inc.CONVERTED_FILE
     bad = subprocess.run(cmd[:5] + ["--metrics", "fid,nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nope" in bad.stderr and "psnr" in bad.stderr

@@ -240,6 +240,24 @@ def test_gan_validation_and_preview_are_reproducible():
     assert p1.min() >= -1 and p1.max() <= 1
 
 
+@pytest.mark.parametrize("name", ["gan", "vae"])
+def test_validation_fakes_depend_only_on_sample_index(name):
+    """Under DDP each rank sees other batches of the split: fake i must be the same image whatever
+    batch (size, order, process) index i comes in, and the metric top-up draws the same ones."""
+    model = MAKERS[name]()
+    x = torch.rand(8, C, S, S) * 2 - 1
+    whole = model.validation_step({"image": x, "index": torch.arange(8)}, 0)["fake"]
+    order = torch.tensor([5, 1, 7])
+    part = model.validation_step({"image": x[order], "index": order}, 3)["fake"]
+    torch.testing.assert_close(part, whole[order], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.generate_indexed(torch.tensor([6, 2])), whole[[6, 2]], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(whole[0], whole[1])  # distinct noise per index
+    other_seed = model.generate_indexed(torch.arange(2), seed=model.sample_seed + 1)
+    assert not torch.allclose(other_seed, whole[:2])
+    with pytest.raises(MissingBatchKeyError, match="index"):
+        model.validation_step({"image": x}, 0)
+
+
 # ----------------------------------------------------------------------------- VAE / VQ-VAE
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_vae_outputs(likelihood):
@@ -266,7 +284,8 @@ def test_vqvae_codes_and_outputs():
     rec = model.decode_indices(idx)
     torch.testing.assert_close(rec, model.reconstruct(batch["image"]))
     out = model.validation_step(batch, 0)
-    assert set(out) == {"real", "fake", "pred", "target"} and torch.equal(out["fake"], out["pred"])
+    # reconstructions are not samples: reported as "recon" (scored as rFID), never as "fake"
+    assert set(out) == {"real", "recon", "pred", "target"} and torch.equal(out["recon"], out["pred"])
     images, nrow = model.preview(batch)
     assert images.shape == (4, C, S, S) and nrow == 2
     with pytest.raises(NotImplementedError, match="reconstruct"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmexp.ema import EMA
-from mmexp.errors import ConfigError, ShapeMismatchError
+from mmexp.errors import ShapeMismatchError
 from mmexp.networks import (
     DCGANDiscriminator, DCGANGenerator, Decoder, Encoder, GaussianDecoder, GaussianEncoder,
     VectorQuantizer,

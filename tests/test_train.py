@@ -38,7 +38,7 @@ def test_short_run_writes_checkpoints_samples_and_metrics(tmp_path):
     cfg = compose_cfg(tmp_path, *FAST, *TINY["dcgan"], *SMALL_SHAPES, "data.batch_size=16",
                       "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
                       "metrics.num_samples=32", "metrics.reference_samples=32", "metrics.batch_size=32",
-                      "test=true")
+                      "data.dataset.num_test=16", "test=true")
     metrics = train(cfg)
     run = run_dir_of(cfg)
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -51,6 +51,8 @@ def test_short_run_writes_checkpoints_samples_and_metrics(tmp_path):
     assert saved["protocol/name"] == "val"
     # test=true: the best checkpoint scored on the test split, the same way
     assert "test/fid" in saved and "test/kid_mean" in saved, saved
+    # scored against the 16 test images, not against the val reference still loaded from validation
+    assert saved["protocol/counts/num_real"] == 16 and saved["test/fid"] != saved["val/fid"], saved
     assert saved["val/fid"] == pytest.approx(metrics["val/fid"])
     assert (run / "csv" / "metrics.csv").is_file()
 

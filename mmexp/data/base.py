@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +17,7 @@ from mmexp.errors import DatasetFormatError, ConfigError, DatasetNotFoundError
 from .transforms import check_channels, check_image_size
 
 __all__ = ["SPLITS", "BaseImageDataset", "DatasetFormatError", "LabelledArrayDataset", "check_split", "split_permutation",
-           "open_image"]
+           "open_image", "files_fingerprint"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -69,6 +71,17 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         raise DatasetFormatError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
 
 
+def files_fingerprint(root: str | os.PathLike, files: Iterable[str]) -> str:
+    """A cheap fingerprint of the files ``root/f`` for ``f`` in ``files``: a hash of each one's relative
+    path, size and modification time (no content is read). It changes when a file is added,
+    removed, replaced or edited in place, which the dataset's config does not show."""
+    h = hashlib.sha256()
+    for rel in files:
+        st = os.stat(os.path.join(root, rel))
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
 class BaseImageDataset(Dataset):
     """Base class of mmexp datasets.
 
@@ -94,6 +107,12 @@ class BaseImageDataset(Dataset):
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every ``image`` this dataset returns."""
         return (self.channels, self.image_size, self.image_size)
+
+    def fingerprint(self) -> str | None:
+        """What identifies this split's images beyond the config (used in reference-statistics cache
+        keys): a :func:`files_fingerprint` for datasets read from image files, None for those the
+        config fully determines."""
+        return None
 
     def _check_index(self, index: int) -> int:
         n = len(self)

@@ -24,7 +24,7 @@ import torch
 
 from mmexp.errors import ConfigError, DatasetNotFoundError
 
-from .base import BaseImageDataset, DatasetFormatError, open_image
+from .base import BaseImageDataset, DatasetFormatError, files_fingerprint, open_image
 from .transforms import prepare_image
 
 __all__ = ["CelebADataset", "CELEBA_ATTRIBUTES", "celeba_caption", "read_celeba_attributes", "read_celeba_partition"]
@@ -243,6 +243,7 @@ class CelebADataset(BaseImageDataset):
             )
         self.provides = ("image", "attributes", "caption", "index") + (("label",) if self.label_index is not None else ())
         self.num_classes = None if self.label_index is None else 2
+        self._fingerprint: str | None = None
 
     def _find(self) -> Path:
         candidates = [self.root, self.root / "celeba"]
@@ -256,6 +257,12 @@ class CelebADataset(BaseImageDataset):
             f"CelebA not found in {self.root}: expected {_IMAGES}/, {_PARTITION} and {_ATTRS} there or in "
             f"{self.root / 'celeba'} (found {have}). {_HOW}"
         )
+
+    def fingerprint(self) -> str:
+        """:func:`~mmexp.data.base.files_fingerprint` of this split's image files (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.image_dir, self.files)
+        return self._fingerprint
 
     @property
     def label_attribute(self) -> str | None:

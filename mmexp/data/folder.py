@@ -12,7 +12,7 @@ from typing import Any
 
 from mmexp.errors import ConfigError, DatasetNotFoundError
 
-from .base import BaseImageDataset, DatasetFormatError, open_image, require_dir, split_permutation
+from .base import BaseImageDataset, DatasetFormatError, files_fingerprint, open_image, require_dir, split_permutation
 from .transforms import prepare_image
 
 __all__ = ["ImageFolderDataset", "IMAGE_EXTENSIONS", "read_captions"]
@@ -175,9 +175,16 @@ class ImageFolderDataset(BaseImageDataset):
             keys.append("caption")
         self.provides = (*keys, "index")
         self.num_classes = None if self.classes is None else len(self.classes)
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def fingerprint(self) -> str:
+        """:func:`~mmexp.data.base.files_fingerprint` of this split's files (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.root, self.files)
+        return self._fingerprint
 
     def path(self, index: int) -> Path:
         """Absolute path of item ``index``."""

@@ -1,4 +1,5 @@
-"""Generation metrics on Inception features: KID, Inception Score, precision/recall.
+"""Generation metrics on Inception features: KID, Inception Score, precision/recall, and
+:func:`compare_features`, which scores generated features against real ones with those and FID.
 
 Each reproduces torch-fidelity's definition (same defaults, same numpy RNG for the random subsets and
 the IS shuffle), computed in float64 with torch on the features' device. FID is in :mod:`.frechet`.
@@ -6,8 +7,17 @@ the IS shuffle), computed in float64 with torch on the features' device. FID is 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+from mmexp.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+
+log = logging.getLogger(__name__)
+
+_FRECHET_GRAM_MAX = 2048  # use the (exact) Gram-matrix form of the Fréchet distance up to this many samples
 
 
 def _mmd2_unbiased_poly(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float | None, coef0: float):
@@ -106,3 +116,46 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3, batch: 
     precision = _coverage(f1, f2, r2, batch)
     recall = _coverage(f2, f1, r1, batch)
     return float(precision), float(recall)
+
+
+def compare_features(
+    fake: torch.Tensor,
+    real: torch.Tensor | None,
+    metrics: Sequence[str],
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    pr_k: int = 3,
+    seed: int = 2020,
+) -> tuple[dict[str, float], int | None]:
+    """The requested ``fid`` / ``kid`` / ``pr`` of generated features against real ones.
+
+    ``real`` holds the real features (None when only their statistics are known); ``reference`` is
+    their cached ``(mu, sigma)`` if any (FID then needs no features beyond the Gram-form size).
+    Metrics without enough samples are skipped with a warning. Returns the results (``fid``,
+    ``kid_mean``, ``kid_std``, ``precision``, ``recall``) and the KID subset size used (or None).
+    """
+    out: dict[str, float] = {}
+    kid_size = None
+    dev = fake.device
+    if "fid" in metrics:
+        if fake.shape[0] < 2:
+            log.warning("FID skipped: needs at least 2 generated samples, got %d", fake.shape[0])
+        elif real is not None and max(real.shape[0], fake.shape[0]) <= _FRECHET_GRAM_MAX:
+            out["fid"] = frechet_distance_from_features(fake, real.to(dev))
+        else:
+            mu_f, sig_f = feature_statistics(fake)
+            mu_r, sig_r = (t.to(dev) for t in reference) if reference is not None else feature_statistics(real)
+            out["fid"] = frechet_distance(mu_f, sig_f, mu_r, sig_r)
+    if "kid" in metrics and real is not None:
+        if min(fake.shape[0], real.shape[0]) < 2:
+            log.warning("KID skipped: needs at least 2 samples per set")
+        else:
+            out["kid_mean"], out["kid_std"], kid_size = kernel_inception_distance(
+                fake, real.to(dev), kid_subsets, kid_subset_size, seed=seed)
+    if "pr" in metrics and real is not None:
+        if min(fake.shape[0], real.shape[0]) <= pr_k:
+            log.warning("precision/recall skipped: needs more than k=%d samples per set", pr_k)
+        else:
+            out["precision"], out["recall"] = precision_recall(fake, real.to(dev), k=pr_k)
+    return out, kid_size

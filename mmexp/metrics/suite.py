@@ -7,10 +7,10 @@ Usage::
     key = suite.reference_key(dataset="cifar10", split="test", resolution=32)
     if suite.needs_real and not suite.load_reference(key):
         for batch in dm.dataloader("test"):
-            suite.update_real(batch["image"].to(device))
+            suite.update_real(batch["image"].to(device), batch["index"])
         suite.save_reference(key)
-    for fake in generated_batches:
-        suite.update_fake(fake)                          # features stay on fake.device
+    for fake, index in generated_batches:
+        suite.update_fake(fake, index)                   # features stay on fake.device
     results = suite.compute()                            # {"fid": ..., "kid_mean": ..., ...}
     record = {"metrics": results, "protocol": suite.protocol}
     suite.reset()                                        # keeps a loaded reference
@@ -19,22 +19,36 @@ Generation metrics (fid, kid, is, pr) use the FID Inception-v3 (see :mod:`.incep
 torch-fidelity's definitions and defaults (KID: 100 subsets of up to 1000, cubic kernel; IS: 10 splits;
 PR: k = 3; RNG seed 2020 for subsets/shuffles), and accumulate features on the input's device.
 Paired metrics (psnr, ssim, lpips/st_lpips) are computed per image and averaged (see
-:mod:`.restoration`). The suite holds its networks outside ``state_dict`` and loads them lazily.
+:mod:`.restoration`). Fed reconstructions of real images (:meth:`MetricSuite.update_reconstruction`)
+instead of generated samples, the generation metrics are reported as ``rfid``, ``rkid_mean``...
+The suite holds its networks outside ``state_dict`` and loads them lazily.
+
+Every sample carries an index (its position in its set: ``batch["index"]``, or the order of arrival).
+Under DDP (``torch.distributed`` initialised) :meth:`~MetricSuite.compute`,
+:meth:`~MetricSuite.load_reference`, :meth:`~MetricSuite.save_reference` and
+:meth:`~MetricSuite.missing_fake_indices` are collective: every rank calls them, each rank's samples
+are gathered, one per index (``DistributedSampler`` pads with repeats), sorted by index, so every
+rank computes the same numbers as a single process over the same samples (see :mod:`.distributed`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
-import torch.nn as nn
+from torch import nn
 
-from mmexp.errors import ConfigError, WeightsNotFoundError
+from mmexp.errors import ConfigError
 from mmexp.metrics import reference as refcache
-from mmexp.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
-from mmexp.metrics.generation import inception_score, kernel_inception_distance, precision_recall
+from mmexp.metrics.distributed import (
+    IndexedSamples,
+    all_gather_cat,
+    all_gather_object,
+    positions_to_indices,
+)
+from mmexp.metrics.generation import compare_features, inception_score
 from mmexp.metrics.inception import (
     EXTRACTOR_NAME,
     INPUT_CONVERSION,
@@ -44,33 +58,20 @@ from mmexp.metrics.inception import (
     resolve_inception_weights,
     to_uint8,
 )
+from mmexp.metrics.protocol import (  # noqa: F401 - re-exported: the suite's names
+    FEATURE_METRICS,
+    GENERATED,
+    GENERATION_METRICS,
+    METRIC_CHOICES,
+    PAIRED_METRICS,
+    RECONSTRUCTIONS,
+    describe,
+    parse_metrics,
+    result_name,
+)
 from mmexp.metrics.restoration import PerceptualDistance, prepare, psnr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
-
-GENERATION_METRICS = ("fid", "kid", "is", "pr")
-PAIRED_METRICS = ("psnr", "ssim", "lpips", "st_lpips")
-METRIC_CHOICES = GENERATION_METRICS + PAIRED_METRICS
-FEATURE_METRICS = ("fid", "kid", "pr")  # those that need real-image features
-_FRECHET_GRAM_MAX = 2048  # use the (exact) Gram-matrix form of the Fréchet distance up to this many samples
-
-
-def parse_metrics(metrics: str | Sequence[str] | None) -> tuple[str, ...]:
-    if metrics is None:
-        return ()
-    if isinstance(metrics, str):
-        metrics = [m for m in metrics.replace(" ", "").split(",") if m]
-    out = []
-    for m in metrics:
-        m = str(m).strip().lower()
-        if m not in METRIC_CHOICES:
-            raise ConfigError(f"unknown metric {m!r}; choose from: {', '.join(METRIC_CHOICES)}")
-        if m not in out:
-            out.append(m)
-    if "lpips" in out and "st_lpips" in out:
-        raise ConfigError("choose one of lpips and st_lpips")
-    return tuple(out)
-
 
 class MetricSuite(nn.Module):
     """A named metric protocol. See the module docstring.
@@ -81,8 +82,9 @@ class MetricSuite(nn.Module):
             ``lpips`` reports ``lpips`` when torchvision's backbone weights are cached and otherwise
             ``st_lpips`` (see ``perceptual``); ``st_lpips`` always uses Shift-Tolerant LPIPS.
         reference_split: the real split the generated samples are compared with.
-        num_samples: generated samples the protocol uses; ``update_fake`` ignores samples beyond it.
-        reference_samples: real samples used (None: the whole split); ``update_real`` ignores the rest.
+        num_samples: generated samples the protocol uses (those of index < num_samples; without
+            indices, the first ones); ``update_fake`` ignores the others.
+        reference_samples: real samples used (None: the whole split), chosen the same way.
         weights_path: explicit Inception weights (torch-fidelity layout); else resolved offline.
         allow_download: allow downloading torch-fidelity's weights as a last resort.
         resize: must be torch-fidelity's TF1-compatible bilinear resize to 299 (recorded in the protocol).
@@ -132,6 +134,7 @@ class MetricSuite(nn.Module):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.reference_split = reference_split
+        self.scored_split = reference_split  # the split actually scored (the callback sets it)
         self.num_samples = None if num_samples is None else int(num_samples)
         self.reference_samples = None if reference_samples is None else int(reference_samples)
         self.feature_extractor = feature_extractor
@@ -149,17 +152,17 @@ class MetricSuite(nn.Module):
         self.quantize = bool(quantize)
         self.perceptual = "st_lpips" if "st_lpips" in self.metrics else perceptual
         self.perceptual_net = perceptual_net
-        self.refstats_dir = Path(refstats_dir).expanduser() if refstats_dir else None
         self.channels_last = bool(channels_last)
         self.description = description
         # networks live outside the module tree: never in a state_dict, loaded on first use
         self._nets: dict = {}
         self._weights: InceptionWeights | None = None
-        self._reference: dict[str, torch.Tensor] | None = None
-        self._reference_key: str | None = None
-        self._key_fields: dict[str, dict] = {}
+        self._store = refcache.ReferenceStore(refstats_dir)
         self._last_counts: dict[str, int] = {}
         self._warned_is = False
+        self._fake, self._real, self._pairs = IndexedSamples(), IndexedSamples(), IndexedSamples()
+        self._arrived = {"fake": 0, "real": 0, "pairs": 0}  # per rank, for samples given without index
+        self._fake_kind: str | None = None
         self.reset(keep_real=False)
 
     # ------------------------------------------------------------------ properties
@@ -176,27 +179,49 @@ class MetricSuite(nn.Module):
         return bool(self.generation_metrics)
 
     @property
+    def needs_reference(self) -> bool:
+        """True when a requested metric compares with real images (fid, kid, pr)."""
+        return any(m in FEATURE_METRICS for m in self.metrics)
+
+    @property
     def needs_real(self) -> bool:
         """True when real images must be fed (feature metrics requested and no reference loaded)."""
-        return any(m in FEATURE_METRICS for m in self.metrics) and self._reference is None
+        return self.needs_reference and self._store.tensors is None
 
     @property
     def has_reference(self) -> bool:
-        return self._reference is not None
+        return self._store.tensors is not None
+
+    @property
+    def reference_key_in_use(self) -> str | None:
+        return self._store.key
+
+    @property
+    def fake_kind(self) -> str | None:
+        """``generated`` or ``reconstructions``: what this rank was fed since :meth:`reset` (after
+        :meth:`compute`, what any rank was fed), or None."""
+        return self._fake_kind
 
     @property
     def num_fake(self) -> int:
-        return self._n_fake
+        """Generated (or reconstructed) samples kept on this rank."""
+        return len(self._fake)
 
     @property
     def num_real(self) -> int:
-        if self._reference is not None:
-            return int(self._reference["n"])
-        return self._n_real
+        """Real samples of the loaded reference, else those fed on this rank."""
+        if self._store.tensors is not None:
+            return int(self._store.tensors["n"])
+        return len(self._real)
 
     @property
     def num_pairs(self) -> int:
-        return self._n_pairs
+        return len(self._pairs)
+
+    @property
+    def last_counts(self) -> dict[str, int]:
+        """Sample counts of the last :meth:`compute` (over all ranks)."""
+        return dict(self._last_counts)
 
     # ------------------------------------------------------------------ networks (lazy)
     def inception_weights(self) -> InceptionWeights:
@@ -204,27 +229,20 @@ class MetricSuite(nn.Module):
             self._weights = resolve_inception_weights(self.weights_path, self.allow_download)
         return self._weights
 
-    def _extractor(self, device: torch.device) -> InceptionV3Features:
-        net = self._nets.get("inception")
+    def _net(self, name: str, device: torch.device) -> nn.Module:
+        net = self._nets.get(name)
         if net is None:
-            net = InceptionV3Features.from_weights(self.inception_weights())
-            net.channels_last = self.channels_last
-            if self.channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            self._nets["inception"] = net
+            if name == "inception":
+                net = InceptionV3Features.from_weights(self.inception_weights())
+                net.channels_last = self.channels_last
+                if self.channels_last:
+                    net = net.to(memory_format=torch.channels_last)
+            else:
+                net = PerceptualDistance(self.perceptual, self.perceptual_net)
+            self._nets[name] = net
         if next(net.parameters()).device != device:
             net = net.to(device)
-            self._nets["inception"] = net
-        return net
-
-    def _perceptual(self, device: torch.device) -> PerceptualDistance:
-        net = self._nets.get("perceptual")
-        if net is None:
-            net = PerceptualDistance(self.perceptual, self.perceptual_net)
-            self._nets["perceptual"] = net
-        if next(net.parameters()).device != device:
-            net = net.to(device)
-            self._nets["perceptual"] = net
+            self._nets[name] = net
         return net
 
     @property
@@ -240,29 +258,33 @@ class MetricSuite(nn.Module):
             return "lpips" if lpips_available(self.perceptual_net) else "st_lpips"
         return self.perceptual
 
+    def perceptual_identity(self) -> dict | None:
+        name = self.perceptual_name
+        if name is None:
+            return None
+        if "perceptual" in self._nets:
+            return self._nets["perceptual"].identity()
+        return {"name": name, "net": self.perceptual_net}
+
     # ------------------------------------------------------------------ state
     def reset(self, keep_real: bool = False) -> None:
         """Forget generated samples and pairs (and accumulated real features unless ``keep_real``).
         A reference loaded with :meth:`load_reference` is kept (see :meth:`clear_reference`)."""
-        self._fake_feats: list[torch.Tensor] = []
-        self._fake_logits: list[torch.Tensor] = []
-        self._n_fake = 0
+        self._fake.clear()
+        self._pairs.clear()
+        self._fake_kind = None
+        self._arrived.update(fake=0, pairs=0)
         if not keep_real:
-            self._real_feats: list[torch.Tensor] = []
-            self._n_real = 0
-        self._psnr: list[torch.Tensor] = []
-        self._ssim: list[torch.Tensor] = []
-        self._lp: list[torch.Tensor] = []
-        self._n_pairs = 0
+            self._real.clear()
+            self._arrived["real"] = 0
 
     def clear_reference(self) -> None:
-        self._reference = None
-        self._reference_key = None
+        self._store.clear()
 
     # ------------------------------------------------------------------ updates
     @torch.inference_mode()
     def _features(self, x: torch.Tensor, want_logits: bool):
-        net = self._extractor(x.device)
+        net = self._net("inception", x.device)
         feats, logits = [], []
         for chunk in x.split(self.batch_size):
             f, lg = net(to_uint8(chunk), logits=want_logits)
@@ -271,174 +293,164 @@ class MetricSuite(nn.Module):
                 logits.append(lg)
         return torch.cat(feats), (torch.cat(logits) if logits else None)
 
-    @staticmethod
-    def _take(x: torch.Tensor, seen: int, limit: int | None) -> torch.Tensor:
-        if limit is None:
-            return x
-        return x[: max(0, limit - seen)]
+    def _indices(self, kind: str, indices, n: int) -> torch.Tensor:
+        if indices is None:
+            index = positions_to_indices(self._arrived[kind], n)
+        else:
+            index = torch.as_tensor(indices).reshape(-1).to(device="cpu", dtype=torch.long)
+            if index.numel() != n:
+                raise ValueError(f"{n} images but {index.numel()} sample indices")
+        self._arrived[kind] += n
+        return index
 
-    def update_fake(self, x: torch.Tensor) -> None:
-        """Generated images ``[B, C, H, W]`` in [-1, 1] (C = 1 or 3)."""
+    @staticmethod
+    def _within(x: torch.Tensor, index: torch.Tensor, limit: int | None):
+        """The samples of index < limit: the first ``limit`` of the set, whichever rank holds them."""
+        if limit is None:
+            return x, index
+        keep = index < limit
+        return x[keep.to(x.device)], index[keep]
+
+    def update_fake(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Generated images ``[B, C, H, W]`` in [-1, 1] (C = 1 or 3); ``indices``: each sample's index
+        (``[B]``, e.g. the noise index), default: the order of arrival."""
+        self._add_fake(x, indices, GENERATED)
+
+    def update_reconstruction(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Reconstructions of real images in place of generated samples: the generation metrics are
+        then reported as ``rfid``, ``rkid_mean``... and the protocol says so."""
+        self._add_fake(x, indices, RECONSTRUCTIONS)
+
+    def _add_fake(self, x: torch.Tensor, indices, kind: str) -> None:
         if not self.generation_metrics:
             return
-        x = self._take(x, self._n_fake, self.num_samples)
-        if x.shape[0] == 0:
+        if self._fake_kind not in (None, kind):
+            raise ValueError(f"this suite already holds {self._fake_kind} samples; {kind} are scored "
+                             "separately (call reset() in between)")
+        self._fake_kind = kind
+        x, index = self._within(x, self._indices("fake", indices, x.shape[0]), self.num_samples)
+        if not index.numel():
             return
         f, lg = self._features(x, want_logits="is" in self.metrics)
-        self._fake_feats.append(f)
-        if lg is not None:
-            self._fake_logits.append(lg)
-        self._n_fake += x.shape[0]
+        self._fake.add(index, features=f, **({"logits": lg} if lg is not None else {}))
 
-    def update_real(self, x: torch.Tensor) -> None:
+    def update_real(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None) -> None:
         """Real images in [-1, 1]. A no-op when a reference is loaded or no metric needs them."""
         if not self.needs_real:
             return
-        x = self._take(x, self._n_real, self.reference_samples)
-        if x.shape[0] == 0:
-            return
-        f, _ = self._features(x, want_logits=False)
-        self._real_feats.append(f)
-        self._n_real += x.shape[0]
+        x, index = self._within(x, self._indices("real", indices, x.shape[0]), self.reference_samples)
+        if index.numel():
+            self._real.add(index, features=self._features(x, want_logits=False)[0])
 
     @torch.inference_mode()
-    def update_pair(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update_pair(self, pred: torch.Tensor, target: torch.Tensor,
+                    indices: torch.Tensor | Sequence[int] | None = None) -> None:
         """Paired prediction/target images in [-1, 1] (same shape) for psnr/ssim/lpips."""
         if not self.paired_metrics:
             return
         if pred.shape != target.shape:
             raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        index = self._indices("pairs", indices, pred.shape[0])
+        values = {}
         if "psnr" in self.metrics or "ssim" in self.metrics:
             p = prepare(pred, self.y_channel, self.crop_border, self.quantize)
             t = prepare(target, self.y_channel, self.crop_border, self.quantize)
             if "psnr" in self.metrics:
-                self._psnr.append(psnr_per_image(p, t))
+                values["psnr"] = psnr_per_image(p, t)
             if "ssim" in self.metrics:
-                self._ssim.append(ssim_per_image(p, t))
+                values["ssim"] = ssim_per_image(p, t)
         if "lpips" in self.metrics or "st_lpips" in self.metrics:
-            net = self._perceptual(pred.device)
-            for a, b in zip(pred.split(self.batch_size), target.split(self.batch_size)):
-                self._lp.append(net(a, b))
-        self._n_pairs += pred.shape[0]
+            net = self._net("perceptual", pred.device)
+            values["perceptual"] = torch.cat(
+                [net(a, b) for a, b in zip(pred.split(self.batch_size), target.split(self.batch_size))])
+        self._pairs.add(index, **values)
+
+    # ------------------------------------------------------------------ across ranks
+    def _global_fake_kind(self) -> str | None:
+        kinds = {k for k in all_gather_object(self._fake_kind) if k is not None}
+        if len(kinds) > 1:
+            raise ValueError(f"ranks were fed different kinds of samples: {sorted(kinds)}")
+        return kinds.pop() if kinds else None
+
+    def missing_fake_indices(self) -> list[int]:
+        """Indices below ``num_samples`` for which no generated sample arrived on any rank (collective):
+        what a caller generates to complete the protocol. Empty for reconstructions, without
+        ``num_samples``, or when no generated sample arrived at all."""
+        if self._global_fake_kind() != GENERATED or self.num_samples is None:
+            return []
+        seen = all_gather_cat(self._fake.local_index())
+        have = torch.zeros(self.num_samples, dtype=torch.bool)
+        have[seen] = True  # update_fake keeps only indices below num_samples
+        return torch.nonzero(~have).flatten().tolist()
+
+    def _real_features(self) -> torch.Tensor | None:
+        if self._store.tensors is not None:
+            return self._store.tensors.get("features")
+        feats = self._real.gather()[1].get("features")
+        return feats if feats is not None and feats.shape[0] else None
 
     # ------------------------------------------------------------------ compute
-    def _real_features(self) -> torch.Tensor | None:
-        if self._reference is not None:
-            return self._reference.get("features")
-        return torch.cat(self._real_feats) if self._real_feats else None
-
     @torch.inference_mode()
     def compute(self) -> dict[str, float]:
-        """Flat dict of the metrics there was data for (see ``docs/interfaces.md``)."""
+        """Flat dict of the metrics there was data for (see ``docs/interfaces.md``); the same on every rank."""
+        kind = self._global_fake_kind() if self.generation_metrics else None
+        self._fake_kind = kind  # a rank without samples names and describes them as the others do
+        fake = self._fake.gather()[1] if self.generation_metrics else {}
+        feats = fake.get("features")
+        real = self._real_features() if self.needs_reference else None
+        have_real = real is not None or self._store.tensors is not None
         out: dict[str, float] = {}
-        fake = torch.cat(self._fake_feats) if self._fake_feats else None
-        real = self._real_features()
-        have_real = real is not None or self._reference is not None
-        if fake is not None and have_real:
-            dev = fake.device
-            if "fid" in self.metrics:
-                if fake.shape[0] < 2:
-                    log.warning("FID skipped: needs at least 2 generated samples, got %d", fake.shape[0])
-                elif real is not None and max(real.shape[0], fake.shape[0]) <= _FRECHET_GRAM_MAX:
-                    out["fid"] = frechet_distance_from_features(fake, real.to(dev))
-                else:
-                    mu_f, sig_f = feature_statistics(fake)
-                    if self._reference is not None:
-                        mu_r, sig_r = self._reference["mu"].to(dev), self._reference["sigma"].to(dev)
-                    else:
-                        mu_r, sig_r = feature_statistics(real)
-                    out["fid"] = frechet_distance(mu_f, sig_f, mu_r, sig_r)
-            if "kid" in self.metrics and real is not None:
-                if min(fake.shape[0], real.shape[0]) < 2:
-                    log.warning("KID skipped: needs at least 2 samples per set")
-                else:
-                    m, s, size = kernel_inception_distance(
-                        fake, real.to(dev), self.kid_subsets, self.kid_subset_size, seed=self.seed)
-                    out["kid_mean"], out["kid_std"] = m, s
-                    self._last_counts["kid_subset_size"] = size
-            if "pr" in self.metrics and real is not None:
-                if min(fake.shape[0], real.shape[0]) <= self.pr_k:
-                    log.warning("precision/recall skipped: needs more than k=%d samples per set", self.pr_k)
-                else:
-                    out["precision"], out["recall"] = precision_recall(fake, real.to(dev), k=self.pr_k)
-        if "is" in self.metrics and fake is not None:
-            if not self._fake_logits:
-                if not self._warned_is:
-                    log.warning(
-                        "Inception Score skipped: the Inception weights in use (%s) have no logits (fc) layer. "
-                        "Place torch-fidelity's full 'weights-inception-2015-12-05-6726825d.pth' in the torch hub "
-                        "cache or set metrics.weights_path to compute it.", self.inception_weights().path.name)
-                    self._warned_is = True
-            elif fake.shape[0] < self.is_splits:
-                log.warning("Inception Score skipped: needs at least %d samples", self.is_splits)
-            else:
-                out["is_mean"], out["is_std"] = inception_score(
-                    torch.cat(self._fake_logits), self.is_splits, self.seed)
-        if self._n_pairs:
-            if self._psnr:
-                out["psnr"] = float(torch.cat(self._psnr).mean())
-            if self._ssim:
-                out["ssim"] = float(torch.cat(self._ssim).mean())
-            if self._lp:
-                out[self._nets["perceptual"].name] = float(torch.cat(self._lp).double().mean())
-        self._last_counts.update(num_fake=self._n_fake, num_real=self.num_real if have_real else 0,
-                                 num_pairs=self._n_pairs)
+        if feats is not None and feats.shape[0] and have_real:
+            out.update(self._compare(feats, real))
+        if "is" in self.metrics and feats is not None and feats.shape[0]:
+            out.update(self._inception_score(fake.get("logits"), feats.shape[0]))
+        pairs = self._pairs.gather()[1] if self.paired_metrics else {}
+        for name, values in pairs.items():
+            key = self.perceptual_name if name == "perceptual" else name
+            out[key] = float(values.double().mean())
+        self._last_counts.update(
+            num_fake=0 if feats is None else int(feats.shape[0]),
+            num_real=self.num_real if self._store.tensors is not None else (0 if real is None else int(real.shape[0])),
+            num_pairs=len(next(iter(pairs.values()))) if pairs else 0)
+        return {result_name(k, kind): v for k, v in out.items()}
+
+    def _compare(self, fake: torch.Tensor, real: torch.Tensor | None) -> dict[str, float]:
+        ref = self._store.tensors
+        out, kid_size = compare_features(
+            fake, real, self.metrics, reference=None if ref is None else (ref["mu"], ref["sigma"]),
+            kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size, pr_k=self.pr_k, seed=self.seed)
+        if kid_size is not None:
+            self._last_counts["kid_subset_size"] = kid_size
         return out
+
+    def _inception_score(self, logits: torch.Tensor | None, n: int) -> dict[str, float]:
+        if logits is None:
+            if not self._warned_is:
+                log.warning(
+                    "Inception Score skipped: the Inception weights in use (%s) have no logits (fc) layer. "
+                    "Place torch-fidelity's full 'weights-inception-2015-12-05-6726825d.pth' in the torch hub "
+                    "cache or set metrics.weights_path to compute it.", self.inception_weights().path.name)
+                self._warned_is = True
+            return {}
+        if n < self.is_splits:
+            log.warning("Inception Score skipped: needs at least %d samples", self.is_splits)
+            return {}
+        mean, std = inception_score(logits, self.is_splits, self.seed)
+        return {"is_mean": mean, "is_std": std}
 
     # ------------------------------------------------------------------ protocol
     @property
     def protocol(self) -> dict:
-        """The protocol that travels with every number (JSON-serialisable)."""
-        p: dict = {
-            "name": self.name,
-            "metrics": list(self.metrics),
-            "reference_split": self.reference_split,
-            "num_samples": self.num_samples,
-            "reference_samples": self.reference_samples,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-        }
-        if self.generation_metrics:
-            try:
-                weights = self.inception_weights().identity()
-            except WeightsNotFoundError:
-                weights = "missing"
-            p.update(
-                feature_extractor={"name": self.feature_extractor, "features": "pool3 (2048)", "weights": weights},
-                resize=self.resize,
-                input_conversion=INPUT_CONVERSION,
-            )
-            if "kid" in self.metrics:
-                p["kid"] = {"subsets": self.kid_subsets, "subset_size": self.kid_subset_size,
-                            "kernel": "poly(degree=3, gamma=1/d, coef0=1)", "estimator": "unbiased"}
-            if "is" in self.metrics:
-                p["is"] = {"splits": self.is_splits, "logits": "unbiased (torch-fidelity)"}
-            if "pr" in self.metrics:
-                p["pr"] = {"k": self.pr_k}
-            if self._reference_key is not None:
-                p["reference_key"] = self._reference_key
-        if self.paired_metrics:
-            p["restoration"] = {
-                "color": "y" if self.y_channel else "rgb",
-                "crop_border": self.crop_border,
-                "quantize": self.quantize,
-                "ssim": "gaussian 11x11 sigma=1.5 K1=0.01 K2=0.03 valid",
-                "reduction": "mean over images",
-            }
-            pn = self.perceptual_name
-            if pn is not None:
-                p["perceptual"] = (self._nets["perceptual"].identity() if "perceptual" in self._nets
-                                   else {"name": pn, "net": self.perceptual_net})
-        if self._last_counts:
-            p["counts"] = dict(self._last_counts)
-        return p
+        """The protocol that travels with every number (JSON-serialisable, see :mod:`.protocol`)."""
+        return describe(self)
 
-    # ------------------------------------------------------------------ reference statistics cache
-    def _refstats_dir(self) -> Path:
-        return self.refstats_dir or refcache.default_dir()
+    # ------------------------------------------------------------------ reference statistics (see ReferenceStore)
+    @property
+    def refstats_dir(self) -> Path | None:
+        return self._store.directory
 
     def reference_fields(self, dataset: str, split: str | None = None, resolution=None, **extra) -> dict:
-        w = self.inception_weights().identity()
+        """What determines the real statistics (``extra``: e.g. a content fingerprint of the files)."""
         return {
             "dataset": str(dataset),
             "split": str(split if split is not None else self.reference_split),
@@ -447,7 +459,7 @@ class MetricSuite(nn.Module):
             "reference_samples": self.reference_samples,
             "features": any(m in ("kid", "pr") for m in self.metrics),
             "extractor": self.feature_extractor,
-            "weights_sha256": w["sha256"],
+            "weights_sha256": self.inception_weights().identity()["sha256"],
             "resize": self.resize,
             "input_conversion": INPUT_CONVERSION,
             **{k: v for k, v in sorted(extra.items())},
@@ -455,62 +467,49 @@ class MetricSuite(nn.Module):
 
     def reference_key(self, dataset: str, split: str | None = None, resolution=None, **extra) -> str:
         """Cache key of the real statistics for (dataset, split, resolution, protocol, weights...)."""
-        fields = self.reference_fields(dataset, split, resolution, **extra)
-        key = refcache.make_key(fields)
-        self._key_fields[key] = fields
-        return key
+        return self._store.register(self.reference_fields(dataset, split, resolution, **extra))
 
     def reference_path(self, key: str) -> Path:
-        return self._refstats_dir() / f"{key}.pt"
+        return self._store.path(key)
 
     def load_reference(self, key: str) -> bool:
-        """Load cached real statistics; False (and nothing loaded) when missing, stale or corrupt."""
-        if key not in self._key_fields:
-            raise KeyError(f"unknown reference key {key!r}: obtain it from reference_key() first")
-        tensors = refcache.load(self.reference_path(key), self._key_fields[key])
-        if tensors is None:
-            return False
-        self._reference = tensors
-        self._reference_key = key
-        return True
+        """Load cached real statistics; False (and none loaded, not even an earlier one) when missing,
+        stale or corrupt. Collective under DDP."""
+        return self._store.load(key)
 
     @torch.inference_mode()
-    def save_reference(self, key: str) -> Path:
-        """Save the real features accumulated with ``update_real`` under ``key`` and use them."""
-        if key not in self._key_fields:
-            raise KeyError(f"unknown reference key {key!r}: obtain it from reference_key() first")
-        if not self._real_feats:
-            raise ValueError("no real features to save: call update_real() first")
-        real = torch.cat(self._real_feats)
-        mu, sigma = feature_statistics(real)
-        tensors = {"mu": mu, "sigma": sigma, "n": torch.tensor(real.shape[0])}
-        if self._key_fields[key]["features"]:
-            tensors["features"] = real.float()
-        path = refcache.save(self.reference_path(key), self._key_fields[key], tensors)
-        self._reference = {k: v.cpu() for k, v in tensors.items()}
-        self._reference_key = key
-        self._real_feats = []
-        self._n_real = 0
+    def save_reference(self, key: str) -> Path | None:
+        """Save the statistics of the real features fed with ``update_real`` (every rank's) under
+        ``key`` and use them; collective under DDP (rank 0 writes). None (with a warning) when no
+        real image arrived on any rank."""
+        self._store.fields(key)
+        real = self._real.gather()[1].get("features")
+        if real is None or not real.shape[0]:
+            log.warning("no real images were fed: reference statistics %s not saved", key)
+            return None
+        path = self._store.save(key, real)
+        self._real.clear()
+        self._arrived["real"] = 0
         return path
 
     def ensure_reference(self, batches: Iterable, dataset: str, split: str | None = None, resolution=None,
                          device: torch.device | str | None = None) -> bool:
-        """Load the cached reference, or compute it from ``batches`` (tensors or dicts with ``image``) and
-        cache it. Returns True when it came from the cache. A no-op when no metric needs real images."""
-        if not any(m in FEATURE_METRICS for m in self.metrics):
+        """Load the cached reference, or compute it from ``batches`` (tensors or dicts with ``image``
+        and optionally ``index``) and cache it. Returns True when it came from the cache. A no-op when
+        no metric needs real images. Collective under DDP (each rank passes its own batches)."""
+        if not self.needs_reference:
             return True
         key = self.reference_key(dataset, split, resolution)
         if self.load_reference(key):
             log.info("Reference statistics loaded from %s", self.reference_path(key))
             return True
-        self.clear_reference()
-        self._real_feats, self._n_real = [], 0
+        self._real.clear()
+        self._arrived["real"] = 0
         for b in batches:
-            x = b["image"] if isinstance(b, dict) else b
-            if device is not None:
-                x = x.to(device)
-            self.update_real(x)
-            if self.reference_samples is not None and self._n_real >= self.reference_samples:
+            x, index = (b["image"], b.get("index")) if isinstance(b, dict) else (b, None)
+            self.update_real(x if device is None else x.to(device), index)
+            if (index is None and self.reference_samples is not None
+                    and int(positions_to_indices(self._arrived["real"], 1)[0]) >= self.reference_samples):
                 break
         path = self.save_reference(key)
         log.info("Reference statistics saved to %s", path)

@@ -1,5 +1,5 @@
 """Shared parts of mmexp's LightningModules: shape/batch checks, the non-finite-loss guard,
-optimizer construction from Hydra partials, deterministic validation noise."""
+optimizer construction from Hydra partials, deterministic validation noise (per sample index)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from mmexp.batch import check_keys
-from mmexp.errors import NonFiniteLossError, ShapeMismatchError
+from mmexp.data.loaders import derive_seed
+from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
 
 
 @contextlib.contextmanager
@@ -44,8 +45,9 @@ class GenerativeModule(L.LightningModule):
             :meth:`assert_finite` (called by the checkpoint callback before every save, and at
             the end of each training epoch) refuses to let them be saved: resume from the last
             checkpoint.
-        sample_seed (int): seed of the dedicated ``torch.Generator`` used for validation and
-            preview noise, so samples are comparable across validations. Default: 0.
+        sample_seed (int): seed of validation and preview noise, so samples are comparable
+            across validations: validation samples draw theirs per sample index (:meth:`noise`),
+            previews from a ``torch.Generator`` seeded with it. Default: 0.
 
     Subclasses define ``image_shape``, call :meth:`check_batch` and :meth:`guard_finite` in their
     steps, and build optimizers with :meth:`build_optimizer`.
@@ -210,6 +212,35 @@ class GenerativeModule(L.LightningModule):
         if generator is None:
             return torch.randn(*shape, device=self.device)
         return torch.randn(*shape, generator=generator, device=generator.device).to(self.device)
+
+    def noise(self, indices: torch.Tensor | Iterable[int], *shape: int, seed: int | None = None,
+              stream: int = 0) -> torch.Tensor:
+        """Standard normal noise ``[len(indices), *shape]`` on the module's device, row ``i`` drawn
+        from its own CPU generator seeded with ``derive_seed(seed, stream, indices[i])``.
+
+        A sample's noise depends only on ``(seed, stream, index)``, never on the batch it comes in,
+        the batch size or the number of processes, so validation samples (one per
+        ``batch["index"]``) are the same under DDP as in one process. ``seed`` defaults to
+        ``sample_seed``; ``stream`` separates independent draws for the same index.
+        """
+        seed = self.sample_seed if seed is None else int(seed)
+        rows = [torch.randn(*shape, generator=torch.Generator().manual_seed(derive_seed(seed, stream, int(i))))
+                for i in torch.as_tensor(indices).reshape(-1).tolist()]
+        return (torch.stack(rows) if rows else torch.zeros(0, *shape)).to(self.device)
+
+    def generate_indexed(self, indices: torch.Tensor | Iterable[int], seed: int | None = None) -> torch.Tensor:
+        """One sample per index, from :meth:`noise` (``[len(indices), C, H, W]`` in [-1, 1]): sample
+        ``i`` is the same image whatever batch or process draws it. Models that cannot generate
+        raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate samples")
+
+    def sample_indices(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """``batch["index"]``: what validation samples are drawn for (see :meth:`noise`)."""
+        if "index" not in batch:
+            raise MissingBatchKeyError(
+                f"{type(self).__name__} draws validation samples per batch['index'], but the batch "
+                f"has only {sorted(batch)}; every mmexp dataset provides 'index' (docs/interfaces.md)")
+        return torch.as_tensor(batch["index"])
 
     def preview_generator(self) -> torch.Generator:
         """A fresh CPU generator seeded with ``sample_seed``: the same noise at every preview."""

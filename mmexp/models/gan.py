@@ -51,11 +51,11 @@ class GAN(GenerativeModule):
     ``S / (n_disc + 1)`` generator steps. The position in the cycle is derived from
     ``global_step`` (restored on resume), so resuming mid-cycle stays in phase.
 
-    Training noise comes from the global torch RNG; validation and preview noise from a
-    ``torch.Generator`` seeded with ``sample_seed``. Logs (per step, tensors) ``train/d_loss``,
-    ``train/g_loss``, their unweighted parts ``train/loss/d/<term>`` and ``train/loss/g/<term>``
-    (see :mod:`mmexp.losses`), and ``train/d_real`` / ``train/d_fake``: mean raw
-    discriminator logits on the real and generated batch.
+    Training noise comes from the global torch RNG; validation noise is drawn per sample index
+    (:meth:`generate_indexed`) and preview noise from a ``torch.Generator``, both seeded with
+    ``sample_seed``. Logs ``train/d_loss``, ``train/g_loss``, their unweighted parts
+    ``train/loss/d/<term>`` and ``train/loss/g/<term>`` (see :mod:`mmexp.losses`), and
+    ``train/d_real`` / ``train/d_fake``: mean raw discriminator logits on the real and generated batch.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: LossSet,
@@ -165,14 +165,21 @@ class GAN(GenerativeModule):
     def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` samples ``[n, C, H, W]`` in [-1, 1] from the EMA generator when enabled (eval
         mode, no grad). Noise from ``generator`` if given, else the global torch RNG."""
-        z = self.randn(n, self.latent_dim, generator=generator)
+        return self.decode(self.randn(n, self.latent_dim, generator=generator))
+
+    def generate_indexed(self, indices: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """One sample per index from per-index noise (see :meth:`GenerativeModule.noise`)."""
+        return self.decode(self.noise(indices, self.latent_dim, seed=seed))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``[n, latent_dim]`` -> images in [-1, 1] by :attr:`sampler` (eval mode, no grad)."""
         with eval_mode(self.sampler):
             return self.sampler(z).clamp(-1, 1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         self.check_batch(batch)
-        real = batch["image"]
-        return {"real": real, "fake": self.generate(real.shape[0], self.val_generator())}
+        # one fake per sample index: the same set whatever the batch size or number of processes
+        return {"real": batch["image"], "fake": self.generate_indexed(self.sample_indices(batch))}
 
     def preview(self, batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, int]:
         """``num_preview`` samples from fixed noise (the same at every call) and the grid's

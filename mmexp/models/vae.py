@@ -111,7 +111,8 @@ class VAE(GenerativeModule):
         stage = self.eval_prefix
         self.log_dict({f"{stage}/loss": out.total, **out.named(f"{stage}/loss")},
                       on_step=False, on_epoch=True, batch_size=x.shape[0])
-        return {"real": x, "fake": self.generate(x.shape[0], rng),
+        # fakes per sample index: the same set whatever the batch size or number of processes
+        return {"real": x, "fake": self.generate_indexed(self.sample_indices(batch)),
                 "pred": self.reconstruct(x), "target": x}
 
     def configure_optimizers(self):
@@ -126,7 +127,14 @@ class VAE(GenerativeModule):
     # ------------------------------------------------------------------ sampling
     def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` decoded prior samples ``z ~ N(0, I)`` (the likelihood's mean), in [-1, 1]."""
-        z = self.randn(n, self.latent_dim, generator=generator)
+        return self.decode(self.randn(n, self.latent_dim, generator=generator))
+
+    def generate_indexed(self, indices: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """One prior sample per index from per-index noise (see :meth:`GenerativeModule.noise`)."""
+        return self.decode(self.noise(indices, self.latent_dim, seed=seed))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``[n, latent_dim]`` -> images in [-1, 1] (the likelihood's mean; eval mode, no grad)."""
         with eval_mode(self.decoder):
             return self.to_image(self.decoder(z))
 

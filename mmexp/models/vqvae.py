@@ -105,7 +105,8 @@ class VQVAE(GenerativeModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         _, pred = self._step(batch, self.eval_prefix)
         x = batch["image"]
-        return {"real": x, "fake": pred, "pred": pred, "target": x}
+        # reconstructions, not samples: scored as rFID (the generation FID needs a prior)
+        return {"real": x, "recon": pred, "pred": pred, "target": x}
 
     def configure_optimizers(self):
         params = [*self.encoder.parameters(), *self.quantizer.parameters(),
@@ -134,7 +135,7 @@ class VQVAE(GenerativeModule):
         raise NotImplementedError(
             "VQVAE.generate: sampling needs a second-stage prior over code indices, which does "
             "not exist yet; until then this model's outputs are reconstructions: use "
-            "reconstruct(images) (validation reports them as 'fake' and 'pred')")
+            "reconstruct(images) (validation reports them as 'recon' and 'pred', scored as rFID)")
 
     def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Two rows of ``k = min(num_preview, B)``: inputs and their reconstructions; ``nrow=k``."""
