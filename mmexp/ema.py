@@ -38,15 +38,18 @@ class EMA(nn.Module):
         self._source = (source,)  # a tuple, so nn.Module does not register it
 
     @torch.no_grad()
-    def update(self, step: int) -> None:
+    def update(self, step: int, ok: torch.Tensor | None = None) -> None:
+        """Average the source's parameters into the EMA and copy its buffers. ``ok``: a device boolean; when
+        false the EMA is left as it is (the source's update of this step was skipped), without a host sync."""
         src = self._source[0]
-        ema_p, src_p = list(self.module.parameters()), list(src.parameters())
-        if step < self.start_step:
-            torch._foreach_copy_(ema_p, [p.detach() for p in src_p])
+        ema_p, src_p = list(self.module.parameters()), [p.detach() for p in src.parameters()]
+        weight = 1.0 if step < self.start_step else 1.0 - self.decay
+        if ok is None:
+            torch._foreach_lerp_(ema_p, src_p, weight)
         else:
-            torch._foreach_lerp_(ema_p, [p.detach() for p in src_p], 1.0 - self.decay)
+            torch._foreach_lerp_(ema_p, src_p, ok.to(ema_p[0].dtype) * weight if ema_p else weight)
         for b_ema, b_src in zip(self.module.buffers(), src.buffers()):
-            b_ema.copy_(b_src)
+            b_ema.copy_(b_src if ok is None else torch.where(ok.to(b_src.device), b_src, b_ema))
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

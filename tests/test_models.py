@@ -103,21 +103,24 @@ class Recorder(L.Callback):
 def test_trains_and_logs_finite(name):
     model, rec = MAKERS[name](), Recorder()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer(callbacks=[rec]).fit(model, loader())
+    t = trainer(callbacks=[rec])
+    t.fit(model, loader())
     keys = {"gan": {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake",
                     "train/loss/d/adversarial", "train/loss/g/adversarial"},
             "vae": {"train/loss", "train/loss/recon", "train/loss/kl", "train/sigma"},
             "vqvae": {"train/loss", "train/loss/recon", "train/loss/commitment",
                       "train/perplexity", "train/codebook_usage", "train/psnr"}}[name]
-    assert keys <= set(rec.metrics[-1])
-    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in rec.metrics)
+    # 3 steps, fewer than log_every_n_steps: what was summed on the device is logged at the epoch's end
+    logged = {k: float(v) for k, v in t.callback_metrics.items()}
+    assert keys <= set(logged)
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for m in [*rec.metrics, logged])
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
 
 
 @pytest.mark.parametrize("name", ["vae", "vqvae"])
 def test_loss_decreases_on_a_fixed_batch(name):
-    model, rec = MAKERS[name](), Recorder()
+    model, rec = MAKERS[name](log_every_n_steps=1), Recorder()
     trainer(max_steps=15, callbacks=[rec]).fit(model, loader(n=64, fixed=True))
     losses = [m["train/loss"] for m in rec.metrics]
     assert sum(losses[-3:]) < sum(losses[:3])
@@ -315,3 +318,81 @@ def test_config_overrides_swap_parts(tmp_path):
     model = instantiate(cfg.model)
     assert isinstance(model.loss.terms["adversarial"], HingeLoss) and model.ema is not None
     assert model.hparams.ema_decay == 0.999
+
+
+def test_training_scalars_are_logged_as_means_every_n_steps_without_a_sync_in_between():
+    """log_every_n_steps=4: the logger receives the loss at batches 4 and 8 only, each the mean of the four
+    batches' losses (kept on the device until then)."""
+    from lightning.pytorch.loggers import Logger
+
+    class Capture(Logger):
+        name, version, experiment = "capture", "0", None
+        calls: list = []
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((step, dict(metrics)))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    seen = []
+
+    class Losses(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(float(outputs["loss"]))
+
+    model = MAKERS["vae"](log_every_n_steps=4)
+    L.Trainer(max_steps=8, accelerator="cpu", logger=Capture(), log_every_n_steps=4, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, callbacks=[Losses()]).fit(model, loader())
+    logged = [(step, m["train/loss"]) for step, m in Capture.calls if "train/loss" in m]
+    assert [step for step, _ in logged][:2] == [3, 7], logged
+    assert logged[0][1] == pytest.approx(sum(seen[:4]) / 4, rel=1e-5)
+    assert logged[1][1] == pytest.approx(sum(seen[4:8]) / 4, rel=1e-5)
+
+
+fused_adam = functools.partial(torch.optim.Adam, lr=1e-3, fused=True)
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_a_nan_step_leaves_weights_buffers_and_ema_as_they_were_without_a_sync_per_step(name):
+    """Fused optimizers skip a non-finite update on the device; the buffers of that forward pass (BatchNorm
+    running statistics, spectral-norm vectors, an EMA codebook) and the EMA generator are restored. The host
+    check runs only every 4 batches, so batch 2 goes through the whole step and the error comes in batch 3."""
+    kw = {"finite_check_every_n_steps": 4}
+    if name == "gan":
+        model = make_gan(ema_decay=0.5, **kw)
+        model.optimizer_g = model.optimizer_d = fused_adam
+    else:
+        model = MAKERS[name](**kw)
+        model.optimizer_fn = fused_adam
+    rec = Recorder()
+
+    class Snap(L.Callback):
+        states = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    with pytest.raises(NonFiniteLossError, match="restored") as e:
+        trainer(max_steps=40, callbacks=[Snap(), rec]).fit(model, loader(nan_batches=(2,)))
+    assert "at step" in str(e.value)
+    good, after_bad = Snap.states[1], Snap.states[2]  # after batch 1 (good) and batch 2 (NaN)
+    assert len(Snap.states) == 3  # batches 0-2 finished; the host check in batch 4 (index 3) raised
+    for key, value in good.items():
+        assert torch.equal(after_bad[key], value), f"{key} changed in the NaN step"
+        assert torch.isfinite(after_bad[key].float()).all(), key
+    for key, value in model.state_dict().items():
+        assert torch.isfinite(value.float()).all(), f"{key} is not finite in memory"
+
+
+def test_nan_forward_restores_discriminator_batchnorm_with_a_check_every_step():
+    """The sync-per-step mode (non-fused optimizers): the check raises before backward, and the running
+    statistics the NaN forward pass wrote into D's BatchNorm are put back."""
+    model = make_gan()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.discriminator.modules())
+    rec = Recorder()
+    with pytest.raises(NonFiniteLossError):
+        trainer(max_steps=20, callbacks=[rec]).fit(model, loader(nan_batches=(2,)))
+    for key, value in model.discriminator.state_dict().items():
+        assert torch.isfinite(value.float()).all(), f"discriminator {key} holds NaN after the NaN step"
+        assert torch.equal(value, rec.state[f"discriminator.{key}"]), key

@@ -16,6 +16,13 @@ from mmexp.data.loaders import derive_seed
 from mmexp.errors import MissingBatchKeyError, NonFiniteLossError, ShapeMismatchError
 
 
+def skips_on_device(optimizer: Any) -> bool:
+    """Whether ``optimizer`` can skip an update on the device from a ``found_inf`` tensor (fused Adam,
+    AdamW, SGD: ``_step_supports_amp_scaling``)."""
+    opt = getattr(optimizer, "optimizer", optimizer)
+    return bool(getattr(opt, "_step_supports_amp_scaling", False))
+
+
 @contextlib.contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Put ``modules`` in eval mode under ``torch.no_grad`` and restore their modes afterwards."""
@@ -33,35 +40,51 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 class GenerativeModule(L.LightningModule):
     """Base class of the generative LightningModules.
 
+    Non-finite losses never reach the weights, without a host sync per step:
+
+    - every training loss passes through :meth:`guard_finite`, which keeps a *device-side* record of
+      the first non-finite one (``torch.isfinite``, no host sync) and returns a device boolean ``ok``;
+    - :meth:`skip_unless` hands ``ok`` to the optimizer: optimizers that take a ``found_inf`` tensor
+      (``fused=True`` Adam, AdamW and SGD, the configs' default) skip the update *on the device*
+      when it is false (parameters, moments and step count unchanged); the EMA and the buffers that a
+      forward pass changed (BatchNorm statistics: :meth:`snapshot_buffers`) are restored likewise;
+    - every ``finite_check_every_n_steps`` batches the record is read back (one host sync) and
+      :class:`NonFiniteLossError` raised: the weights in memory are then those of the last good step,
+      and :meth:`assert_finite` (checked before every checkpoint write) keeps a poisoned state off disk.
+
     Args:
-        finite_check_every_n_steps (int): every training loss passes through
-            :meth:`guard_finite`, which accumulates a *device-side* record of the first
-            non-finite loss (``torch.isfinite``, no host sync) and reads it back (a host sync)
-            every this many training batches, raising :class:`NonFiniteLossError`. Default: 1:
-            the check runs before each backward, so a NaN/inf never reaches ``backward`` or an
-            optimizer step and the weights in memory and on disk stay the last good ones. On GPU
-            a larger value avoids one sync per step; then up to N-1 optimizer steps may run on
-            non-finite gradients before the error, so the weights in memory are corrupt, but
-            :meth:`assert_finite` (called by the checkpoint callback before every save, and at
-            the end of each training epoch) refuses to let them be saved: resume from the last
-            checkpoint.
+        finite_check_every_n_steps (int | None): batches between host-side checks. Default: None
+            (auto): 100 when every optimizer takes ``found_inf``, else 1 (a sync per step: the check
+            then runs before each backward, which is the only way to keep the guarantee with an
+            optimizer that cannot skip an update on the device).
+        log_every_n_steps (int | None): training scalars are summed on the device and logged as means
+            every this many batches (one host sync then, none in between). Default: None (the
+            trainer's ``log_every_n_steps``).
         sample_seed (int): seed of validation and preview noise, so samples are comparable
             across validations: validation samples draw theirs per sample index (:meth:`noise`),
             previews from a ``torch.Generator`` seeded with it. Default: 0.
 
-    Subclasses define ``image_shape``, call :meth:`check_batch` and :meth:`guard_finite` in their
-    steps, and build optimizers with :meth:`build_optimizer`.
+    Subclasses define ``image_shape``, call :meth:`check_batch`, :meth:`guard_finite`,
+    :meth:`skip_unless` and :meth:`log_train` in their steps, and build optimizers with
+    :meth:`build_optimizer`.
     """
 
     #: batch keys the model consumes (see docs/interfaces.md)
     required_keys: tuple[str, ...] = ("image",)
 
-    def __init__(self, finite_check_every_n_steps: int = 1, sample_seed: int = 0) -> None:
+    def __init__(self, finite_check_every_n_steps: int | None = None, sample_seed: int = 0,
+                 log_every_n_steps: int | None = None) -> None:
         super().__init__()
-        if finite_check_every_n_steps < 1:
-            raise ValueError("finite_check_every_n_steps must be >= 1, "
-                             f"got {finite_check_every_n_steps}")
-        self.finite_check_every_n_steps = int(finite_check_every_n_steps)
+        for name, value in (("finite_check_every_n_steps", finite_check_every_n_steps),
+                            ("log_every_n_steps", log_every_n_steps)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 (or null for auto), got {value}")
+        self._check_every = None if finite_check_every_n_steps is None else int(finite_check_every_n_steps)
+        self._log_every = None if log_every_n_steps is None else int(log_every_n_steps)
+        # key -> [device sum, count] of training scalars since the last log
+        self._running: dict[str, list] = {}
+        # (buffer snapshot, device "all finite") of the current batch, applied in on_train_batch_end
+        self._restore: tuple[list, torch.Tensor] | None = None
         self.sample_seed = int(sample_seed)
         # loss name -> (first bad step, or -1; value at that step), device tensors, not saved
         self._nonfinite: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -104,6 +127,14 @@ class GenerativeModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batches_seen += 1
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._restore is not None:
+            snapshot, ok = self._restore
+            self._restore = None
+            with torch.no_grad():
+                for buf, saved in snapshot:
+                    buf.copy_(torch.where(ok.to(buf.device), buf, saved))
+
     @staticmethod
     @torch.no_grad()
     def snapshot_buffers(*modules: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -119,21 +150,38 @@ class GenerativeModule(L.LightningModule):
                     pairs.append((buf, buf.detach().clone()))
         return pairs
 
+    @property
+    def finite_check_every_n_steps(self) -> int:
+        """Batches between host-side non-finite checks (see the class docstring)."""
+        if self._check_every is not None:
+            return self._check_every
+        optimizers = self._all_optimizers()
+        return 100 if optimizers and all(skips_on_device(o) for o in optimizers) else 1
+
+    def _all_optimizers(self) -> list:
+        if self._trainer is None:
+            return []
+        opts = self.trainer.optimizers
+        return list(opts) if opts else []
+
     def guard_finite(self, snapshot: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                     **losses: torch.Tensor) -> None:
-        """Record non-finite ``losses`` (name -> scalar tensor) without a host sync; every
-        ``finite_check_every_n_steps`` batches (every call when 1) check and raise.
+                     **losses: torch.Tensor) -> torch.Tensor:
+        """Record non-finite ``losses`` (name -> scalar tensor) without a host sync and return ``ok``, a
+        device boolean (all finite); every ``finite_check_every_n_steps`` batches (every call when 1) check
+        on the host and raise.
 
         ``snapshot`` (from :meth:`snapshot_buffers`): when any of ``losses`` is non-finite, those buffers are
-        put back to their snapshot values on the device (``torch.where``, no host sync), so NaN running
-        statistics from the bad forward pass never stay in the model, in memory or in a checkpoint.
+        put back to their snapshot values on the device (``torch.where``, no host sync) at the end of the
+        batch (after every backward pass of the step), so NaN running statistics from the bad forward pass
+        never stay in the model, in memory or in a checkpoint.
         """
         step = self.global_step
+        with torch.no_grad():
+            ok = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
         if snapshot:
-            with torch.no_grad():
-                ok = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
-                for buf, saved in snapshot:
-                    buf.copy_(torch.where(ok.to(buf.device), buf, saved))
+            # restored after the batch's backward passes (spectral-norm vectors are part of the graph)
+            pending = self._restore
+            self._restore = (snapshot, ok if pending is None else pending[1] & ok)
         for name, loss in losses.items():
             loss = loss.detach()
             rec = self._nonfinite.get(name)
@@ -147,6 +195,57 @@ class GenerativeModule(L.LightningModule):
             value.copy_(torch.where(new, loss.reshape(-1)[0].to(value.dtype), value))
         if self._batches_seen % self.finite_check_every_n_steps == 0:
             self.assert_finite()
+        return ok
+
+    @staticmethod
+    def skip_unless(optimizer: Any, ok: torch.Tensor) -> None:
+        """Make ``optimizer``'s next ``step`` a no-op on the device unless ``ok`` (optimizers that take
+        ``found_inf``: fused Adam/AdamW/SGD). Others are left alone: with them the guard checks every step."""
+        opt = getattr(optimizer, "optimizer", optimizer)  # LightningOptimizer wraps the torch optimizer
+        if skips_on_device(opt):
+            opt.grad_scale = None
+            opt.found_inf = (~ok).to(torch.float32)
+
+    def skip_updates_unless(self, ok: torch.Tensor) -> None:
+        """Automatic optimisation: called in ``training_step`` (inside Lightning's optimizer closure, before
+        the update), makes every optimizer skip this step's update on the device unless ``ok``."""
+        if self._trainer is None:
+            return
+        optimizers = self.optimizers()
+        for opt in optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]:
+            self.skip_unless(opt, ok)
+
+    def log_train(self, values: dict[str, torch.Tensor]) -> None:
+        """Training scalars: summed on the device (no host sync) and logged as their means since the last
+        log, every ``log_every_n_steps`` batches, with one host transfer for all of them."""
+        for key, value in values.items():
+            value = value.detach().float()
+            entry = self._running.get(key)
+            if entry is None:
+                self._running[key] = [value.clone(), 1]
+            else:
+                entry[0] += value
+                entry[1] += 1
+        if self._trainer is not None and self._should_log_now():
+            self._flush_train_logs(on_step=True)
+
+    def _flush_train_logs(self, on_step: bool) -> None:
+        if not self._running:
+            return
+        keys = list(self._running)
+        means = torch.stack([self._running[k][0] / self._running[k][1] for k in keys]).cpu().tolist()
+        self._running.clear()
+        self.log_dict(dict(zip(keys, means)), on_step=on_step, on_epoch=not on_step, prog_bar=True)
+
+    def _should_log_now(self) -> bool:
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return True
+        every = self._log_every or trainer.log_every_n_steps
+        if not every:
+            return False
+        batches = trainer.fit_loop.epoch_loop._batches_that_stepped + 1  # as Lightning decides when to write logs
+        return batches % every == 0 or trainer.should_stop
 
     def assert_finite(self) -> None:
         """Raise NonFiniteLossError if any guarded loss has been non-finite (host sync)."""
@@ -155,19 +254,23 @@ class GenerativeModule(L.LightningModule):
             if step < 0:
                 continue
             n = self.finite_check_every_n_steps
-            if n == 1:
-                consequence = ("no backward or optimizer step ran on it, so the weights in memory "
-                               "and the last checkpoint are from the last good step")
+            optimizers = self._all_optimizers()
+            if n == 1 or (optimizers and all(skips_on_device(o) for o in optimizers)):
+                consequence = ("no optimizer update used it (it was checked before backward, or skipped on the "
+                               "device), and buffers changed by that forward pass were restored, so the weights "
+                               "in memory and the last checkpoint are from the last good step")
             else:
-                consequence = (f"non-finite checks run every {n} steps, so the weights in memory "
-                               f"were updated with it after step {step} and will not be saved; "
-                               "resume from the last checkpoint")
+                consequence = (f"non-finite checks run every {n} steps and this optimizer cannot skip an update "
+                               f"on the device, so the weights in memory were updated with it after step {step} "
+                               "and will not be saved; resume from the last checkpoint")
             raise NonFiniteLossError(
                 f"loss {name!r} became non-finite ({float(value)}) at step {step}; {consequence}. "
                 "Try a lower learning rate, gradient clipping or a different loss.")
 
     def on_train_epoch_end(self) -> None:
         self.assert_finite()
+        # what was summed since the last log (a run shorter than log_every_n_steps still reports its losses)
+        self._flush_train_logs(on_step=False)
 
     # ------------------------------------------------------------------ optimizers and noise
     @staticmethod

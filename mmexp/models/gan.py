@@ -40,7 +40,8 @@ class GAN(GenerativeModule):
             Default: 0.
         num_preview (int): images in :meth:`preview` (a square grid when a square). Default: 64.
         sample_seed (int): seed of the validation/preview noise. Default: 0.
-        finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
+        finite_check_every_n_steps, log_every_n_steps (int | None): see
+            :class:`GenerativeModule`. Default: None (auto).
 
     ``n_disc`` follows StudioGAN (``d_updates_per_step``): every D update uses a fresh real
     batch, so the discriminator takes one step on **every** training batch and the generator
@@ -64,8 +65,9 @@ class GAN(GenerativeModule):
                  scheduler_g: Callable[..., Any] | None = None,
                  scheduler_d: Callable[..., Any] | None = None, n_disc: int = 1,
                  ema_decay: float | None = None, ema_start: int = 0, num_preview: int = 64,
-                 sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed)
+                 sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
+                 log_every_n_steps: int | None = None) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
         self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
                                           "optimizer_d", "scheduler_g", "scheduler_d"])
         self.automatic_optimization = False
@@ -124,6 +126,8 @@ class GAN(GenerativeModule):
         b = real.shape[0]
         opt_d, opt_g = self.optimizers()
         g_step = self.is_generator_step()
+        # a non-finite forward pass must not leave NaN BatchNorm statistics behind (in G or D)
+        snapshot = self.snapshot_buffers(self.generator, self.discriminator)
 
         with torch.no_grad():
             fake = self.generator(self.randn(b, self.latent_dim))
@@ -132,15 +136,15 @@ class GAN(GenerativeModule):
             real_logits=real_logits, fake_logits=fake_logits, discriminator=self.discriminator,
             real=real, fake=fake, step=self.d_step_index())
         d_loss = d_out.total
-        self.guard_finite(**{"train/d_loss": d_loss})
+        ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss})
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
+        self.skip_unless(opt_d, ok)
         opt_d.step()
         if self._sched.get("d") is not None:
             self._sched["d"].step()
-        logs = {"train/d_loss": d_loss.detach(), **d_out.named("train/loss/d"),
-                "train/d_real": real_logits.detach().mean(),
-                "train/d_fake": fake_logits.detach().mean()}
+        logs = {"train/d_loss": d_loss, **d_out.named("train/loss/d"),
+                "train/d_real": real_logits.detach().mean(), "train/d_fake": fake_logits.detach().mean()}
 
         if g_step:
             self.discriminator.requires_grad_(False)
@@ -148,18 +152,19 @@ class GAN(GenerativeModule):
                 fake = self.generator(self.randn(b, self.latent_dim))
                 g_out = self.loss(fake_logits=self.discriminator(fake), fake=fake)
                 g_loss = g_out.total
-                self.guard_finite(**{"train/g_loss": g_loss})
+                ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
+                self.skip_unless(opt_g, ok)
                 opt_g.step()
             finally:
                 self.discriminator.requires_grad_(True)
             if self._sched.get("g") is not None:
                 self._sched["g"].step()
             if self.ema is not None:
-                self.ema.update(self.global_step // (self.n_disc + 1))
-            logs.update({"train/g_loss": g_loss.detach(), **g_out.named("train/loss/g")})
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=True)
+                self.ema.update(self.global_step // (self.n_disc + 1), ok=ok)
+            logs.update({"train/g_loss": g_loss, **g_out.named("train/loss/g")})
+        self.log_train(logs)
 
     # ------------------------------------------------------------------ sampling
     def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -39,7 +39,8 @@ class VAE(GenerativeModule):
             else sigma stays fixed. Default: True.
         num_preview (int): inputs shown in :meth:`preview`. Default: 8.
         sample_seed (int): seed of validation/preview noise. Default: 0.
-        finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
+        finite_check_every_n_steps, log_every_n_steps (int | None): see
+            :class:`GenerativeModule`. Default: None (auto).
 
     The likelihood and KL terms are in nats per image (summed over pixels resp. latent dims,
     averaged over the batch); the Gaussian NLL includes its constant, so ``recon`` can be
@@ -51,8 +52,9 @@ class VAE(GenerativeModule):
                  optimizer: Callable[..., torch.optim.Optimizer],
                  loss: LossSet, scheduler: Callable[..., Any] | None = None,
                  sigma: float = 0.1, learn_sigma: bool = True, num_preview: int = 8,
-                 sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed)
+                 sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
+                 log_every_n_steps: int | None = None) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "loss", "scheduler"])
         likelihoods = [n for n, t in getattr(loss, "terms", {}).items() if isinstance(t, Likelihood)]
         if not isinstance(loss, LossSet) or len(likelihoods) != 1:
@@ -94,13 +96,15 @@ class VAE(GenerativeModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.check_batch(batch)
+        snapshot = self.snapshot_buffers(self.encoder, self.decoder)
         out, _ = self.elbo_terms(batch["image"])
         loss = out.total
-        self.guard_finite(**{"train/loss": loss})
-        logs = {"train/loss": loss.detach(), **out.named("train/loss")}
+        # inside Lightning's optimizer closure: the update that follows is skipped on the device if not ok
+        self.skip_updates_unless(self.guard_finite(snapshot, **{"train/loss": loss}))
+        logs = {"train/loss": loss, **out.named("train/loss")}
         if self.learn_sigma:
             logs["train/sigma"] = self.log_sigma.detach().exp()
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=True)
+        self.log_train(logs)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:

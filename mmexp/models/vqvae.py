@@ -43,7 +43,8 @@ class VQVAE(GenerativeModule):
         num_preview (int): inputs shown in :meth:`preview`. Default: 8.
         sample_seed (int): seed of validation randomness (unused by the model itself).
             Default: 0.
-        finite_check_every_n_steps (int): see :class:`GenerativeModule`. Default: 1.
+        finite_check_every_n_steps, log_every_n_steps (int | None): see
+            :class:`GenerativeModule`. Default: None (auto).
 
     Logs ``train/loss``, its unweighted parts ``train/loss/<term>`` (``recon``, ``commitment``,
     and ``codebook`` without EMA), ``train/perplexity``, ``train/codebook_usage`` (fraction of
@@ -55,8 +56,9 @@ class VQVAE(GenerativeModule):
     def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module,
                  optimizer: Callable[..., torch.optim.Optimizer], loss: LossSet,
                  scheduler: Callable[..., Any] | None = None, num_preview: int = 8,
-                 sample_seed: int = 0, finite_check_every_n_steps: int = 1) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed)
+                 sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
+                 log_every_n_steps: int | None = None) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "optimizer", "loss",
                                           "scheduler"])
         if not isinstance(loss, LossSet):
@@ -87,16 +89,22 @@ class VQVAE(GenerativeModule):
     def _step(self, batch: dict[str, Any], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_batch(batch)
         x = batch["image"]
+        train = prefix == "train"
+        # the EMA codebook and BatchNorm statistics change in a training forward pass
+        snapshot = self.snapshot_buffers(self.encoder, self.quantizer, self.decoder) if train else None
         out, q = self(x)
         loss, parts = self.loss(pred=out, target=x, commitment=q.commitment, codebook=q.codebook)
-        if prefix == "train":
-            self.guard_finite(**{"train/loss": loss})
+        if train:
+            # inside Lightning's optimizer closure: the update that follows is skipped on the device if not ok
+            self.skip_updates_unless(self.guard_finite(snapshot, **{"train/loss": loss}))
         pred = out.detach().clamp(-1, 1)
         logs = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()},
                 "perplexity": q.perplexity, "codebook_usage": q.usage, "psnr": batch_psnr(pred, x)}
-        train = prefix == "train"
-        self.log_dict({f"{prefix}/{k}": v.detach() for k, v in logs.items()}, on_step=train,
-                      on_epoch=not train, prog_bar=train, batch_size=x.shape[0])
+        if train:
+            self.log_train({f"train/{k}": v for k, v in logs.items()})
+        else:
+            self.log_dict({f"{prefix}/{k}": v.detach() for k, v in logs.items()}, on_step=False, on_epoch=True,
+                          batch_size=x.shape[0])
         return loss, pred
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
