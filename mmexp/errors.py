@@ -38,3 +38,11 @@ class WeightsNotFoundError(MMExpError, FileNotFoundError):
 
 class CheckpointError(MMExpError, ValueError):
     """A checkpoint cannot be used: missing, unreadable, unsafe to unpickle, or from another model; names the file."""
+
+
+class UnknownWordError(ConfigError):
+    """A prompt holds a word the learned text encoder's vocabulary never saw; names the word(s)."""
+
+
+class MissingDependencyError(MMExpError, ImportError):
+    """An optional Python package is not installed; the message names the ``pip install`` that adds it."""
