@@ -127,13 +127,24 @@ class GenerativeModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batches_seen += 1
 
+    def restore_buffers_unless_finite(self) -> None:
+        """Put back the buffers snapshotted in this batch if any guarded loss was non-finite (device-side). Runs
+        once the batch's backward passes are done: at the end of a manual-optimisation ``training_step``, after
+        ``optimizer_step`` in automatic optimisation, and before a failed host check raises."""
+        if self._restore is None:
+            return
+        snapshot, ok = self._restore
+        self._restore = None
+        with torch.no_grad():
+            for buf, saved in snapshot:
+                buf.copy_(torch.where(ok.to(buf.device), buf, saved))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.restore_buffers_unless_finite()
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._restore is not None:
-            snapshot, ok = self._restore
-            self._restore = None
-            with torch.no_grad():
-                for buf, saved in snapshot:
-                    buf.copy_(torch.where(ok.to(buf.device), buf, saved))
+        self.restore_buffers_unless_finite()  # a model that did not restore in its step
 
     @staticmethod
     @torch.no_grad()
@@ -253,6 +264,7 @@ class GenerativeModule(L.LightningModule):
             step = int(first)
             if step < 0:
                 continue
+            self.restore_buffers_unless_finite()  # the step stops here: no backward will need them
             n = self.finite_check_every_n_steps
             optimizers = self._all_optimizers()
             if n == 1 or (optimizers and all(skips_on_device(o) for o in optimizers)):

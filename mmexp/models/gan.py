@@ -164,6 +164,7 @@ class GAN(GenerativeModule):
             if self.ema is not None:
                 self.ema.update(self.global_step // (self.n_disc + 1), ok=ok)
             logs.update({"train/g_loss": g_loss, **g_out.named("train/loss/g")})
+        self.restore_buffers_unless_finite()
         self.log_train(logs)
 
     # ------------------------------------------------------------------ sampling
