@@ -18,7 +18,7 @@ from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
 from mmexp.checkpoint import CHECKPOINT_KEY, load_checkpoint
-from mmexp.callbacks.samples import to_unit
+from mmexp.grids import to_unit
 from mmexp.errors import ConfigError
 from mmexp.config import build, data_identity, stable_hash
 from mmexp.io import to_float, write_metrics_json

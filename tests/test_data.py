@@ -614,3 +614,17 @@ def test_num_workers_auto_follows_the_hardware(monkeypatch):
     assert resolve_num_workers(3) == 3
     with pytest.raises(ConfigError, match="auto"):
         resolve_num_workers("many")
+
+
+def test_captions_of_a_split_equal_its_items_captions(data_mnist_root, data_celeba_root, data_folder_root):
+    """captions() (what text encoders build vocabularies from) reads no image, and says what items say."""
+    from mmexp.data import CelebADataset, DigitsDataset, ImageFolderDataset, MNISTDataset, ShapesDataset
+
+    datasets = [ShapesDataset("val", num_val=12), ShapesDataset("val", num_val=12, render_once=False),
+                DigitsDataset("test"), MNISTDataset(data_mnist_root, "val", val_size=5),
+                CelebADataset(data_celeba_root, "train"),
+                ImageFolderDataset(data_folder_root, "train", image_size=32, captions="captions.jsonl")]
+    for ds in datasets:
+        captions = ds.captions()
+        assert len(captions) == len(ds) > 0, type(ds).__name__
+        assert captions == [ds[i]["caption"] for i in range(len(ds))], type(ds).__name__

@@ -6,21 +6,18 @@ import os
 
 import lightning.pytorch as pl
 import torch
-from torchvision.utils import make_grid, save_image
 
+from mmexp.grids import grid, save_grid
 from mmexp.loggers import log_image
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((images.detach().float() + 1) / 2).clamp(0, 1)
 
 
 class SampleGrid(pl.Callback):
     """Asks the model for its preview of the first validation batch and writes it as a PNG grid.
 
     What a grid shows is the model's choice (``preview``): GAN samples from fixed noise,
-    input | reconstruction pairs for autoencoders, input | output | target for restoration.
+    input | reconstruction pairs for autoencoders, input | output | target for restoration, and for
+    conditional models one row per prompt with the prompt written beside it (``preview`` returns
+    ``(images, nrow)`` or ``(images, nrow, row_captions)``).
     """
 
     def __init__(self, dirpath: str, max_images: int = 64) -> None:
@@ -40,10 +37,9 @@ class SampleGrid(pl.Callback):
         if not trainer.is_global_zero:
             return
         with torch.no_grad():
-            images, nrow = pl_module.preview(batch)
-        grid = make_grid(to_unit(images), nrow=nrow, padding=2, pad_value=1.0)
-        os.makedirs(self.dirpath, exist_ok=True)
-        path = os.path.join(self.dirpath, f"step{trainer.global_step:07d}.png")
-        save_image(grid, path)
+            images, nrow, *captions = pl_module.preview(batch)
+        picture = grid(images, nrow, captions[0] if captions else None)
+        path = save_grid(picture, os.path.join(self.dirpath, f"step{trainer.global_step:07d}.png"))
         self.last_path = path
-        log_image(trainer.loggers, "samples", grid, trainer.global_step)
+        caption = " | ".join(captions[0]) if captions else None
+        log_image(trainer.loggers, "samples", picture, trainer.global_step, caption=caption)

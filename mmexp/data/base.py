@@ -134,6 +134,13 @@ class BaseImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def captions(self) -> list[str]:
+        """Every item's caption in index order (``[]`` without captions): what a text encoder's vocabulary and
+        embedding cache are built from. Subclasses that hold captions without decoding images override it."""
+        if "caption" not in self.provides:
+            return []
+        return [self[i]["caption"] for i in range(len(self))]
+
 
 def require_dir(path: str | os.PathLike, what: str, how: str) -> Path:
     """Return ``Path(path)`` if it is a directory, else raise :class:`DatasetNotFoundError`.
@@ -178,6 +185,9 @@ class LabelledArrayDataset(BaseImageDataset):
 
     def caption_for(self, label: int) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def captions(self) -> list[str]:
+        return [self.caption_for(int(label)) for label in self._labels]
 
     def __len__(self) -> int:
         return len(self._labels)

@@ -271,6 +271,9 @@ class CelebADataset(BaseImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def captions(self) -> list[str]:
+        return [celeba_caption(a.tolist()) for a in self._attrs]
+
     def extra_repr(self) -> str:
         return f"root={str(self.folder)!r}, label_attribute={self.label_attribute!r}"
 

@@ -63,6 +63,9 @@ class DigitsDataset(BaseImageDataset):
         """``"a handwritten digit 7"``."""
         return f"a handwritten digit {int(label)}"
 
+    def captions(self) -> list[str]:
+        return [self.caption_for(int(self._targets[int(j)])) for j in self.indices]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
         j = int(self.indices[index])

@@ -186,6 +186,9 @@ class ImageFolderDataset(BaseImageDataset):
             self._fingerprint = files_fingerprint(self.root, self.files)
         return self._fingerprint
 
+    def captions(self) -> list[str]:
+        return list(self._captions or [])
+
     def path(self, index: int) -> Path:
         """Absolute path of item ``index``."""
         return self.root / self.files[self._check_index(index)]

@@ -232,6 +232,11 @@ class ShapesDataset(BaseImageDataset):
             out.append(d)
         return out
 
+    def captions(self) -> list[str]:
+        if self.render_once:
+            return [str(c) for c in self.rendered()["captions"]]
+        return [caption_for(self.scene(i)) for i in range(len(self))]
+
     def caption(self, index: int) -> str:
         """The caption of item ``index``."""
         return caption_for(self.scene(index))
