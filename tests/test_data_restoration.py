@@ -236,3 +236,17 @@ def test_photos_and_paired_configs_run(tmp_path):
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
     assert b["input"].shape == b["target"].shape == (2, 3, 96, 96)
+
+
+def test_vid4_layout_gives_whole_clips(tmp_path):
+    from hydra.utils import instantiate
+
+    for clip in ("calendar", "walk"):
+        _frame_folder(tmp_path / "Vid4" / "GT" / clip, n=8, size=(40, 48))
+    cfg = compose_cfg(tmp_path, "data=vid4", f"data.root={tmp_path / 'Vid4'}", "degradation=bicubic_x4",
+                      "data.num_workers=0")
+    dm = instantiate(cfg.data)
+    assert len(dm.dataset("train")) == 0 and len(dm.dataset("test")) == 2  # one 7-frame clip per folder
+    batch = next(iter(dm.dataloader("test", degrade=True)))
+    assert batch["frames"].shape == (1, 7, 3, 40, 48) and batch["input"].shape == (1, 7, 3, 10, 12)
+    assert batch["name"] == ["GT/calendar@0"]
