@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from mmexp.data import ImageDataModule, MovingShapesDataset, PairedImageDataset, PhotoDataset, ShapesDataset
+from mmexp.data.loaders import EpochSeeded, ResumableDataLoader
 from mmexp.data.photos import package_dir, perceptual_hash
 from mmexp.data.video import VideoClipDataset, read_video
 from mmexp.degradations import Downsample, GaussianNoise
@@ -92,6 +93,33 @@ def test_photos_full_eval_images_and_bad_files(tmp_path):
         PhotoDataset("val", packages=[], root=tmp_path, eval_only=True)
     with pytest.raises(DatasetNotFoundError, match="nowhere"):
         PhotoDataset("val", packages=[], root=tmp_path / "nowhere")
+
+
+class _Toy(EpochSeeded, torch.utils.data.Dataset):
+    """Items drawn from their (seed, index, epoch) generator, as the photo and clip datasets' crops."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"index": i, "draw": int(torch.randint(0, 1 << 30, (1,), generator=self.item_generator(7, 0, i)))}
+
+
+def test_epoch_reaches_persistent_workers_and_resume():
+    ds = _Toy()
+    loader = ResumableDataLoader(ds, batch_size=2, seed=1, num_workers=1, persistent_workers=True)
+    draws = {}
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        draws[epoch] = {i: d for b in loader for i, d in zip(b["index"].tolist(), b["draw"].tolist())}
+    expected = {e: {i: int(torch.randint(0, 1 << 30, (1,), generator=ds.item_generator(7, 0, i, e)))
+                    for i in range(8)} for e in (0, 1)}
+    assert draws == expected and draws[0] != draws[1]  # workers saw epoch 1, not a stale 0
+    # resumed mid-epoch 1 in a fresh loader: the same draws for the remaining items
+    fresh = ResumableDataLoader(_Toy(), batch_size=2, seed=1)
+    fresh.load_state_dict({"epoch": 1, "batches_yielded": 2})
+    rest = {i: d for b in fresh for i, d in zip(b["index"].tolist(), b["draw"].tolist())}
+    assert len(rest) == 4 and all(expected[1][i] == d for i, d in rest.items())
 
 
 # -- paired folders ------------------------------------------------------------------------------
