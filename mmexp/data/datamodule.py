@@ -60,6 +60,9 @@ class ImageDataModule(L.LightningDataModule):
         name: short dataset name; default the dataset class's ``name`` attribute.
         root, download: data-level settings of file-based datasets; configs interpolate them into
             the ``dataset`` node (``data.root=...``, ``data.download=true``). Kept here for reference only.
+        num_classes: the number of classes of ``label`` the config declares (``data.num_classes``), so that
+            label-conditioned model configs can interpolate it (``${data.num_classes}``) before any data is
+            read; checked against the dataset's own ``num_classes`` when a split is built. None: not declared.
 
     Datasets are built lazily (``setup`` or the first property/loader that needs them) and cached.
     """
@@ -79,6 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         name: str | None = None,
         root: str | None = None,
         download: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not callable(dataset):
@@ -105,6 +109,7 @@ class ImageDataModule(L.LightningDataModule):
         self._name = name
         self.root = root
         self.download = bool(download)
+        self.declared_num_classes = None if num_classes is None else int(num_classes)
         self._datasets: dict[str, Dataset] = {}
 
     # -- properties -----------------------------------------------------------------------
@@ -177,6 +182,12 @@ class ImageDataModule(L.LightningDataModule):
         missing = [k for k in getattr(ds, "provides", ()) if k not in item]
         if missing:
             raise ConfigError(f"{type(ds).__name__} declares keys {missing} in `provides` but its items lack them")
+        declared, actual = self.declared_num_classes, getattr(ds, "num_classes", None)
+        if declared is not None and declared != actual:
+            raise ConfigError(
+                f"data.num_classes={declared} but the {self.name} {split} split has "
+                f"{'no labels' if actual is None else f'{actual} classes'}; set data.num_classes={actual or 'null'} "
+                "(label-conditioned models take their number of classes from it)")
 
     def prepare_data(self) -> None:
         """Nothing to do: datasets with ``download: true`` download when built (on every rank-0 call)."""
