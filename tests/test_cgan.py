@@ -373,8 +373,9 @@ def test_cgan_resume_is_exact(tmp_path):
 ])
 def test_cli_train_then_generate_from_the_checkpoint(tmp_path, model, condition, extra):
     """python -m mmexp trains a few steps (with a validation batch and its grid), the checkpoint loads with
-    weights_only=True, and task=generate draws from it alone the images mmexp.load(...).generate gives."""
+    weights_only=True, and task=generate (prompt=..., label=...) draws from it alone the images mmexp.load(...).generate gives."""
     import mmexp
+    from mmexp.generate import generate
 
     env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     tiny = TINY_TEXT if model == "text_gan" else TINY
@@ -386,10 +387,12 @@ def test_cli_train_then_generate_from_the_checkpoint(tmp_path, model, condition,
     ckpt_path = tmp_path / "train" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
-    run_cli("task=generate", f"ckpt_path={ckpt_path}", *condition, "n=2", "seed=5", "trainer=cpu",
-            f"hydra.run.dir={tmp_path / 'gen'}", f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path, env=env)
+    # task=generate with the overrides a user types (in this process: one interpreter start less)
+    gen = compose_cfg(tmp_path / "gen", "task=generate", f"ckpt_path={ckpt_path}", *condition, "n=2", "seed=5",
+                      "trainer=cpu")
+    generate(gen)
 
-    out = tmp_path / "gen" / "generated"
+    out = Path(gen.paths.output_dir) / "generated"
     records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     prompts = [CAPTIONS[0]] if model == "text_gan" else None
     labels = [0, 3] if model == "cgan" else [1]
