@@ -26,8 +26,16 @@ from mmexp.losses.adversarial import HingeLoss, NonSaturatingLoss, WassersteinLo
 from mmexp.losses.kl import GaussianKL
 from mmexp.losses.matching import MatchingAwareGradientPenalty, MatchingAwareLoss
 from mmexp.models.cgan import ConditionalGAN
-from mmexp.networks.cgan import ConditionalGenerator, MatchingAwareDiscriminator, ProjectionDiscriminator
-from mmexp.networks.modulation import ConditionalBatchNorm2d, ConditioningAugmentation, FusionBlock
+from mmexp.networks.cgan import (
+    ConditionalGenerator,
+    MatchingAwareDiscriminator,
+    ProjectionDiscriminator,
+)
+from mmexp.networks.modulation import (
+    ConditionalBatchNorm2d,
+    ConditioningAugmentation,
+    FusionBlock,
+)
 from mmexp.train import train
 from tests.conftest import FAST, REPO, SMALL_SHAPES, compose_cfg, run_cli
 from tests.test_resume import COMMON as RESUME_COMMON
@@ -201,7 +209,7 @@ def tiny_text_gan(**kw) -> ConditionalGAN:
     torch.manual_seed(0)
     enc = LearnedTextEncoder(dim=16, depth=1, heads=2)
     cond = Conditioner(enc, num_classes=4, dim=16, p_drop_text=0, p_drop_label=0)
-    adam = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3)
     loss = LossSet({"adversarial": MatchingAwareLoss(), "ca_kl": GaussianKL(reduction="mean")})
     model = ConditionalGAN(cond, ConditionalGenerator(16, 16, 3, 32, 8, augmentation_dim=8),
                            MatchingAwareDiscriminator(3, 32, 8, cond_dim=16, text_channels=8), loss, adam, adam, **kw)
@@ -234,7 +242,7 @@ def test_samples_depend_on_the_condition_and_the_index_only():
 
 def test_condition_sizes_must_agree():
     enc = LearnedTextEncoder(dim=16, depth=1, heads=2)
-    adam = lambda params: torch.optim.Adam(params)  # noqa: E731
+    adam = lambda params: torch.optim.Adam(params)
     with pytest.raises(ConfigError, match="cond_dim"):
         ConditionalGAN(Conditioner(enc, dim=16), ConditionalGenerator(16, 12, 3, 32, 8),
                        ProjectionDiscriminator(3, 32, 8, cond_dim=16), LossSet({"a": HingeLoss()}), adam, adam)
@@ -253,7 +261,7 @@ def test_the_discriminator_optimizer_trains_the_conditioner():
 def tiny_cgan(p_drop_label: float = 0.0) -> ConditionalGAN:
     torch.manual_seed(0)
     cond = Conditioner(None, num_classes=4, dim=16, p_drop_text=0, p_drop_label=p_drop_label)
-    adam = lambda params: torch.optim.Adam(params, lr=1e-3)  # noqa: E731
+    adam = lambda params: torch.optim.Adam(params, lr=1e-3)
     return ConditionalGAN(cond, ConditionalGenerator(16, 16, 3, 32, 8), ProjectionDiscriminator(3, 32, 8, cond_dim=16),
                           LossSet({"adversarial": HingeLoss()}), adam, adam)
 
@@ -373,7 +381,8 @@ def test_cgan_resume_is_exact(tmp_path):
 ])
 def test_cli_train_then_generate_from_the_checkpoint(tmp_path, model, condition, extra):
     """python -m mmexp trains a few steps (with a validation batch and its grid), the checkpoint loads with
-    weights_only=True, and task=generate (prompt=..., label=...) draws from it alone the images mmexp.load(...).generate gives."""
+    weights_only=True, and task=generate (prompt=..., label=...) draws from it alone the images that
+    mmexp.load(...).generate gives."""
     import mmexp
     from mmexp.generate import generate
 
