@@ -23,9 +23,9 @@ def test_groups_exist():
     for group in ("model", "data", "loss", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
                   "debug", "hparams_search", "metrics", "degradation"):
         assert (CONF / group).is_dir(), group
-    assert {"dcgan", "vae", "vqvae"} <= set(options("model"))
-    assert {"gan_bce", "gan_hinge", "wgan_gp", "vae", "vqvae", "l1", "charbonnier", "l1_perceptual"} <= set(
-        options("loss"))
+    assert {"dcgan", "vae", "vqvae", "cgan", "text_gan"} <= set(options("model"))
+    assert {"gan_bce", "gan_hinge", "wgan_gp", "vae", "vqvae", "l1", "charbonnier", "l1_perceptual", "cgan_hinge",
+            "text_gan", "text_gan_dfgan"} <= set(options("loss"))
     assert {"shapes", "digits", "fashion_mnist", "mnist", "cifar10", "celeba", "folder"} <= set(options("data"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
@@ -60,12 +60,14 @@ def test_every_experiment_composes(tmp_path, experiment):
     OmegaConf.to_container(cfg, resolve=True)
 
 
-@pytest.mark.parametrize("model", ["dcgan", "vae", "vqvae"])
+@pytest.mark.parametrize("model", ["dcgan", "vae", "vqvae", "cgan", "text_gan"])
 @pytest.mark.parametrize("data", ["shapes", "digits", "fashion_mnist", "cifar10", "celeba"])
 def test_model_builds_for_data(tmp_path, model, data):
     cfg = compose_cfg(tmp_path, f"model={model}", f"data={data}")
     module = instantiate(cfg.model)
     module.check_data((cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    if model == "cgan":  # labels: as many classes as the data declares
+        assert module.conditioner.label_encoder.num_classes == cfg.data.num_classes
 
 
 def test_unknown_option_lists_choices(tmp_path):

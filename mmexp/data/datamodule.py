@@ -64,6 +64,9 @@ class ImageDataModule(L.LightningDataModule):
         degradation: a :class:`mmexp.degradations.Degradation` (config group ``degradation=``, interpolated as
             ``data.degradation: ${degradation}``) or None (default). Applied to every batch on its device in
             :meth:`on_after_batch_transfer` (see :meth:`degrade`); ``provides`` then adds its keys.
+        num_classes: the number of classes of ``label`` the config declares (``data.num_classes``), so that
+            label-conditioned model configs can interpolate it (``${data.num_classes}``) before any data is
+            read; checked against the dataset's own ``num_classes`` when a split is built. None: not declared.
 
     Datasets are built lazily (``setup`` or the first property/loader that needs them) and cached.
     """
@@ -84,6 +87,7 @@ class ImageDataModule(L.LightningDataModule):
         root: str | None = None,
         download: bool = False,
         degradation: Callable[..., dict] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not callable(dataset):
@@ -110,6 +114,7 @@ class ImageDataModule(L.LightningDataModule):
         self._name = name
         self.root = root
         self.download = bool(download)
+        self.declared_num_classes = None if num_classes is None else int(num_classes)
         self._datasets: dict[str, Dataset] = {}
         if degradation is not None and not (callable(degradation) and hasattr(degradation, "provides")):
             raise ConfigError(f"data.degradation must be a degradation (callable with `provides`), got "
@@ -204,6 +209,12 @@ class ImageDataModule(L.LightningDataModule):
         missing = [k for k in getattr(ds, "provides", ()) if k not in item]
         if missing:
             raise ConfigError(f"{type(ds).__name__} declares keys {missing} in `provides` but its items lack them")
+        declared, actual = self.declared_num_classes, getattr(ds, "num_classes", None)
+        if declared is not None and declared != actual:
+            raise ConfigError(
+                f"data.num_classes={declared} but the {self.name} {split} split has "
+                f"{'no labels' if actual is None else f'{actual} classes'}; set data.num_classes={actual or 'null'} "
+                "(label-conditioned models take their number of classes from it)")
 
     # -- degradation --------------------------------------------------------------------
     def degradation_seeds(self, index: torch.Tensor, split: str, epoch: int = 0) -> torch.Tensor:

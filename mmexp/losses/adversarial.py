@@ -39,46 +39,95 @@ from mmexp.losses.base import LossTerm
 Tensor = torch.Tensor
 
 
-class NonSaturatingLoss(LossTerm):
+class AdversarialLoss(LossTerm):
+    """An adversarial loss given by its per-sample parts: the discriminator minimises
+    ``mean(real_part(D(x))) + mean(fake_part(D(G(z))))`` and the generator ``mean(generator_part(D(G(z))))``.
+
+    The parts are separate so that other discriminator terms reuse them: the matching-aware loss
+    (:class:`mmexp.losses.matching.MatchingAwareLoss`) scores a real image with a mismatching condition with
+    ``fake_part``.
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+    """
+
+    @staticmethod
+    def real_part(logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def fake_part(logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def generator_part(logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        return self.real_part(real_logits).mean() + self.fake_part(fake_logits).mean()
+
+    def forward(self, fake_logits: Tensor) -> Tensor:
+        return self.generator_part(fake_logits).mean()
+
+
+class NonSaturatingLoss(AdversarialLoss):
     """Non-saturating (logistic, "BCE") GAN loss on raw logits (Goodfellow et al. 2014).
 
     Args:
         weight (float): weight of the term on both sides. Default: 1.0.
     """
 
-    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    @staticmethod
+    def real_part(logits: Tensor) -> Tensor:
+        return F.softplus(-logits)
 
-    def forward(self, fake_logits: Tensor) -> Tensor:
-        return F.softplus(-fake_logits).mean()
+    @staticmethod
+    def fake_part(logits: Tensor) -> Tensor:
+        return F.softplus(logits)
+
+    @staticmethod
+    def generator_part(logits: Tensor) -> Tensor:
+        return F.softplus(-logits)
 
 
-class HingeLoss(LossTerm):
+class HingeLoss(AdversarialLoss):
     """Hinge GAN loss (Lim & Ye 2017; Miyato et al. 2018).
 
     Args:
         weight (float): weight of the term on both sides. Default: 1.0.
     """
 
-    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    @staticmethod
+    def real_part(logits: Tensor) -> Tensor:
+        return F.relu(1.0 - logits)
 
-    def forward(self, fake_logits: Tensor) -> Tensor:
-        return -fake_logits.mean()
+    @staticmethod
+    def fake_part(logits: Tensor) -> Tensor:
+        return F.relu(1.0 + logits)
+
+    @staticmethod
+    def generator_part(logits: Tensor) -> Tensor:
+        return -logits
 
 
-class WassersteinLoss(LossTerm):
+class WassersteinLoss(AdversarialLoss):
     """Wasserstein critic loss (Arjovsky et al. 2017); pair it with :class:`GradientPenalty`.
 
     Args:
         weight (float): weight of the term on both sides. Default: 1.0.
     """
 
-    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        return fake_logits.mean() - real_logits.mean()
+    @staticmethod
+    def real_part(logits: Tensor) -> Tensor:
+        return -logits
 
-    def forward(self, fake_logits: Tensor) -> Tensor:
-        return -fake_logits.mean()
+    @staticmethod
+    def fake_part(logits: Tensor) -> Tensor:
+        return logits
+
+    @staticmethod
+    def generator_part(logits: Tensor) -> Tensor:
+        return -logits
 
 
 def input_gradient(discriminator: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -15,7 +15,148 @@ from mmexp.losses import LossSet
 from mmexp.models.base import GenerativeModule, eval_mode
 
 
-class GAN(GenerativeModule):
+class AdversarialTraining:
+    """The adversarial training loop the GANs share (:class:`GAN`, :class:`mmexp.models.cgan.ConditionalGAN`):
+    alternating D and G updates with ``n_disc``, TTUR optimizers, an EMA generator, the non-finite guard.
+
+    A subclass (mixed in before its LightningModule base) calls :meth:`init_adversarial` in ``__init__`` and
+    defines how a batch is turned into a condition (:meth:`batch_condition`), how fakes are made
+    (:meth:`synthesize`), how D scores images (:meth:`critic`) and what the discriminator's loss terms receive
+    besides logits and images (:meth:`discriminator_inputs`). See :class:`GAN` for the schedule of D and G steps.
+    """
+
+    def init_adversarial(self, generator: nn.Module, discriminator: nn.Module, loss: LossSet,
+                         optimizer_g: Callable[..., torch.optim.Optimizer],
+                         optimizer_d: Callable[..., torch.optim.Optimizer],
+                         scheduler_g: Callable[..., Any] | None, scheduler_d: Callable[..., Any] | None,
+                         n_disc: int, ema_decay: float | None, ema_start: int, losses_hint: str) -> None:
+        name = type(self).__name__
+        self.automatic_optimization = False
+        if n_disc < 1:
+            raise ConfigError(f"{name}: n_disc must be >= 1, got {n_disc}")
+        for attr in ("channels", "image_size"):
+            g, d = getattr(generator, attr, None), getattr(discriminator, attr, None)
+            if g is not None and d is not None and g != d:
+                raise ConfigError(f"{name}: generator {attr}={g} but discriminator {attr}={d}")
+        self.generator, self.discriminator = generator, discriminator
+        if not (isinstance(loss, LossSet) and loss.names("discriminator") and loss.names("model")):
+            raise ConfigError(f"{name}: loss must be a LossSet with an adversarial term (terms on the "
+                              f"discriminator and the generator), got {loss!r}; choose {losses_hint}")
+        self.loss = loss
+        self.latent_dim = int(generator.latent_dim)
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.n_disc = int(n_disc)
+        self.ema = EMA(generator, ema_decay, ema_start) if ema_decay is not None else None
+        self._sched: dict[str, Any] = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        g = self.generator
+        return (int(g.channels), int(g.image_size), int(g.image_size))
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The network used for samples: the EMA generator when enabled, else the generator."""
+        return self.ema.module if self.ema is not None else self.generator
+
+    # ------------------------------------------------------------------ what a subclass defines
+    def batch_condition(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The condition both networks see for ``batch`` (None: unconditional)."""
+        return None
+
+    def synthesize(self, n: int, condition: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``n`` fakes from training noise (the global RNG) and the generator's own loss inputs."""
+        raise NotImplementedError
+
+    def critic(self, images: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+        """D's logits ``[B]``."""
+        raise NotImplementedError
+
+    def discriminator_inputs(self, condition: torch.Tensor | None) -> dict[str, Any]:
+        """Inputs of the discriminator's loss terms besides logits, images and ``step``."""
+        raise NotImplementedError
+
+    def discriminator_parameters(self) -> Iterable[nn.Parameter]:
+        """What the discriminator's optimizer trains."""
+        return self.discriminator.parameters()
+
+    def adversarial_modules(self) -> tuple[nn.Module, ...]:
+        """Modules whose buffers a training forward pass changes (restored after a non-finite step)."""
+        return (self.generator, self.discriminator)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        opt_d, sch_d = self.build_optimizer(self.optimizer_d, self.discriminator_parameters(),
+                                            self.scheduler_d)
+        opt_g, sch_g = self.build_optimizer(self.optimizer_g, self.generator.parameters(),
+                                            self.scheduler_g)
+        self._sched = {"d": sch_d, "g": sch_g}
+        scheds = [s for s in (sch_d, sch_g) if s is not None]
+        return ([opt_d, opt_g], scheds) if scheds else [opt_d, opt_g]
+
+    def is_generator_step(self) -> bool:
+        """Whether the current batch (before its D step) ends with a G step."""
+        return self.global_step % (self.n_disc + 1) == self.n_disc - 1
+
+    def d_step_index(self) -> int:
+        """How many D steps came before the current one (from ``global_step``, so it survives a
+        resume): what lazy regularisers (``R1Penalty(every=k)``) count."""
+        cycles, pos = divmod(self.global_step, self.n_disc + 1)
+        return cycles * self.n_disc + pos
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.check_batch(batch)
+        real = batch["image"]
+        b = real.shape[0]
+        opt_d, opt_g = self.optimizers()
+        g_step = self.is_generator_step()
+        # a non-finite forward pass must not leave NaN BatchNorm statistics behind (in G or D)
+        snapshot = self.snapshot_buffers(*self.adversarial_modules())
+        condition = self.batch_condition(batch)
+
+        with torch.no_grad():
+            fake, _ = self.synthesize(b, None if condition is None else condition.detach())
+        real_logits, fake_logits = self.critic(real, condition), self.critic(fake, condition)
+        d_out = self.loss.d_loss(
+            real_logits=real_logits, fake_logits=fake_logits, real=real, fake=fake, step=self.d_step_index(),
+            **self.discriminator_inputs(condition))
+        d_loss = d_out.total
+        ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss})
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self.skip_unless(opt_d, ok)
+        opt_d.step()
+        if self._sched.get("d") is not None:
+            self._sched["d"].step()
+        logs = {"train/d_loss": d_loss, **d_out.named("train/loss/d"),
+                "train/d_real": real_logits.detach().mean(), "train/d_fake": fake_logits.detach().mean()}
+
+        if g_step:
+            # the generator takes the condition as an input: its gradient trains G only
+            condition = None if condition is None else condition.detach()
+            self.discriminator.requires_grad_(False)
+            try:
+                fake, g_inputs = self.synthesize(b, condition)
+                g_out = self.loss(fake_logits=self.critic(fake, condition), fake=fake, **g_inputs)
+                g_loss = g_out.total
+                ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(g_loss)
+                self.skip_unless(opt_g, ok)
+                opt_g.step()
+            finally:
+                self.discriminator.requires_grad_(True)
+            if self._sched.get("g") is not None:
+                self._sched["g"].step()
+            if self.ema is not None:
+                self.ema.update(self.global_step // (self.n_disc + 1), ok=ok)
+            logs.update({"train/g_loss": g_loss, **g_out.named("train/loss/g")})
+        self.restore_buffers_unless_finite()
+        self.log_train(logs)
+
+
+class GAN(AdversarialTraining, GenerativeModule):
     """GAN training: alternating discriminator and generator updates (Goodfellow et al. 2014).
 
     Args:
@@ -70,102 +211,20 @@ class GAN(GenerativeModule):
         super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
         self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
                                           "optimizer_d", "scheduler_g", "scheduler_d"])
-        self.automatic_optimization = False
-        if n_disc < 1:
-            raise ConfigError(f"GAN: n_disc must be >= 1, got {n_disc}")
-        for attr in ("channels", "image_size"):
-            g, d = getattr(generator, attr, None), getattr(discriminator, attr, None)
-            if g is not None and d is not None and g != d:
-                raise ConfigError(f"GAN: generator {attr}={g} but discriminator {attr}={d}")
-        self.generator, self.discriminator = generator, discriminator
-        if not (isinstance(loss, LossSet) and loss.names("discriminator") and loss.names("model")):
-            raise ConfigError(f"GAN: loss must be a LossSet with an adversarial term (terms on the "
-                              f"discriminator and the generator), got {loss!r}; choose loss=gan_bce, "
-                              "gan_hinge, wgan_gp or gan_hinge_r1")
-        self.loss = loss
-        self.latent_dim = int(generator.latent_dim)
-        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
-        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
-        self.n_disc, self.num_preview = int(n_disc), int(num_preview)
-        self.ema = EMA(generator, ema_decay, ema_start) if ema_decay is not None else None
-        self._sched: dict[str, Any] = {}
+        self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g,
+                              scheduler_d, n_disc, ema_decay, ema_start,
+                              "loss=gan_bce, gan_hinge, wgan_gp or gan_hinge_r1")
+        self.num_preview = int(num_preview)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        g = self.generator
-        return (int(g.channels), int(g.image_size), int(g.image_size))
+    # ------------------------------------------------------------------ the adversarial step's parts
+    def synthesize(self, n: int, condition: None) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.generator(self.randn(n, self.latent_dim)), {}
 
-    @property
-    def sampler(self) -> nn.Module:
-        """The network used for samples: the EMA generator when enabled, else the generator."""
-        return self.ema.module if self.ema is not None else self.generator
+    def critic(self, images: torch.Tensor, condition: None) -> torch.Tensor:
+        return self.discriminator(images)
 
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        opt_d, sch_d = self.build_optimizer(self.optimizer_d, self.discriminator.parameters(),
-                                            self.scheduler_d)
-        opt_g, sch_g = self.build_optimizer(self.optimizer_g, self.generator.parameters(),
-                                            self.scheduler_g)
-        self._sched = {"d": sch_d, "g": sch_g}
-        scheds = [s for s in (sch_d, sch_g) if s is not None]
-        return ([opt_d, opt_g], scheds) if scheds else [opt_d, opt_g]
-
-    def is_generator_step(self) -> bool:
-        """Whether the current batch (before its D step) ends with a G step."""
-        return self.global_step % (self.n_disc + 1) == self.n_disc - 1
-
-    def d_step_index(self) -> int:
-        """How many D steps came before the current one (from ``global_step``, so it survives a
-        resume): what lazy regularisers (``R1Penalty(every=k)``) count."""
-        cycles, pos = divmod(self.global_step, self.n_disc + 1)
-        return cycles * self.n_disc + pos
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.check_batch(batch)
-        real = batch["image"]
-        b = real.shape[0]
-        opt_d, opt_g = self.optimizers()
-        g_step = self.is_generator_step()
-        # a non-finite forward pass must not leave NaN BatchNorm statistics behind (in G or D)
-        snapshot = self.snapshot_buffers(self.generator, self.discriminator)
-
-        with torch.no_grad():
-            fake = self.generator(self.randn(b, self.latent_dim))
-        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
-        d_out = self.loss.d_loss(
-            real_logits=real_logits, fake_logits=fake_logits, discriminator=self.discriminator,
-            real=real, fake=fake, step=self.d_step_index())
-        d_loss = d_out.total
-        ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss})
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        self.skip_unless(opt_d, ok)
-        opt_d.step()
-        if self._sched.get("d") is not None:
-            self._sched["d"].step()
-        logs = {"train/d_loss": d_loss, **d_out.named("train/loss/d"),
-                "train/d_real": real_logits.detach().mean(), "train/d_fake": fake_logits.detach().mean()}
-
-        if g_step:
-            self.discriminator.requires_grad_(False)
-            try:
-                fake = self.generator(self.randn(b, self.latent_dim))
-                g_out = self.loss(fake_logits=self.discriminator(fake), fake=fake)
-                g_loss = g_out.total
-                ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                self.skip_unless(opt_g, ok)
-                opt_g.step()
-            finally:
-                self.discriminator.requires_grad_(True)
-            if self._sched.get("g") is not None:
-                self._sched["g"].step()
-            if self.ema is not None:
-                self.ema.update(self.global_step // (self.n_disc + 1), ok=ok)
-            logs.update({"train/g_loss": g_loss, **g_out.named("train/loss/g")})
-        self.restore_buffers_unless_finite()
-        self.log_train(logs)
+    def discriminator_inputs(self, condition: None) -> dict[str, Any]:
+        return {"discriminator": self.discriminator}
 
     # ------------------------------------------------------------------ sampling
     def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

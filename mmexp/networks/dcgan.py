@@ -32,7 +32,7 @@ SUPPORTED_SIZES: dict[int, int] = {28: 7, 32: 4, 64: 4}
 UPSAMPLE = ("transposed", "nearest")
 
 
-def _num_stages(image_size: int, who: str) -> tuple[int, int]:
+def num_stages(image_size: int, who: str) -> tuple[int, int]:
     """(start size, number of stride-2 stages) for ``image_size``; raises on unsupported sizes."""
     if image_size not in SUPPORTED_SIZES:
         supported = ", ".join(str(s) for s in sorted(SUPPORTED_SIZES))
@@ -80,7 +80,7 @@ class DCGANGenerator(nn.Module):
         if upsample not in UPSAMPLE:
             raise ConfigError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {upsample!r}")
         self.latent_dim, self.channels, self.image_size = latent_dim, channels, image_size
-        start, stages = _num_stages(image_size, type(self).__name__)
+        start, stages = num_stages(image_size, type(self).__name__)
 
         def up(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
             if upsample == "transposed":
@@ -122,14 +122,16 @@ class DCGANDiscriminator(nn.Module):
     The network is split into ``features`` (conv trunk, ``[B, F, s, s]``) and ``head`` (a conv
     over the whole ``s x s`` map, i.e. a linear layer on the flattened features), so that a
     class-conditional projection discriminator (Miyato & Koyama 2018) can later add
-    ``(embed(y) * features(x).flatten(1)).sum(1)`` to the head's output without changing the trunk.
+    ``(embed(y) * features(x).flatten(1)).sum(1)`` to the head's output without changing the trunk
+    (:class:`mmexp.networks.cgan.ProjectionDiscriminator` does). ``feature_channels``, ``feature_size``:
+    the trunk's output ``F`` and ``s``; ``feature_dim = F * s * s``.
     """
 
     def __init__(self, channels: int = 3, image_size: int = 64, base_channels: int = 64,
                  spectral_norm: bool = False) -> None:
         super().__init__()
         self.channels, self.image_size = channels, image_size
-        start, stages = _num_stages(image_size, type(self).__name__)
+        start, stages = num_stages(image_size, type(self).__name__)
         ch = base_channels
         layers: list[nn.Module] = [nn.Conv2d(channels, ch, 4, 2, 1, bias=False),
                                    nn.LeakyReLU(0.2, True)]
@@ -141,6 +143,7 @@ class DCGANDiscriminator(nn.Module):
             ch *= 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(ch, 1, start, 1, 0, bias=False)
+        self.feature_channels, self.feature_size = ch, start
         self.feature_dim = ch * start * start
         self.apply(dcgan_init)
         if spectral_norm:  # after init: the parametrisation keeps the initialised weight
