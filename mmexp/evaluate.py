@@ -106,7 +106,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
     )
     datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
-    loader = datamodule.dataloader(split, batch_size=suite.batch_size)
+    # trainer.validate(dataloaders=...) runs no datamodule hook, so the loader applies the degradation itself
+    loader = datamodule.dataloader(split, batch_size=suite.batch_size, degrade=True)
     with torch.random.fork_rng():
         torch.manual_seed(int(suite.seed))
         trainer.validate(model, dataloaders=loader, verbose=False)
