@@ -84,3 +84,28 @@ def test_denoising_peer_through_task_eval_on_gaussian_noise(tmp_path):
     assert len(batch["input"]) == 8 and not torch.equal(batch["input"], batch["target"])
     noisy_psnr = psnr_per_image(prepare(batch["input"].clamp(-1, 1)), prepare(batch["target"])).mean().item()
     assert results["eval/psnr"] > noisy_psnr + 5, (results["eval/psnr"], noisy_psnr)
+
+
+def test_task_eval_of_a_checkpoint_uses_its_degradation_or_the_command_lines(tmp_path):
+    from mmexp.errors import ShapeMismatchError
+    from mmexp.pipeline import rebuild
+    from mmexp.train import train
+
+    cfg = compose_cfg(tmp_path / "t", "model=msrresnet", "degradation=bicubic_x2", "model.network.upscale=2",
+                      "model.network.num_feat=8", "model.network.num_block=1", "trainer.max_steps=2",
+                      "trainer.limit_val_batches=0", "logger=none", "metrics=none", *TINY_SHAPES)
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    # the checkpoint's own degradation (x2), scored by hand with the same weights
+    results = evaluate(compose_cfg(tmp_path / "e", "task=eval", f"ckpt_path={ckpt}", *PAIRED, "trainer=cpu"))
+    model = rebuild(ckpt)[0]
+    data = build(cfg.data)
+    data.setup("test")
+    clean = torch.stack([data.dataset("test")[i]["image"] for i in range(8)])
+    pred = model.restore(imresize(clean, scale=0.5))
+    expected = psnr_per_image(prepare(pred, True, 2), prepare(clean, True, 2)).mean().item()
+    assert results["eval/psnr"] == pytest.approx(expected, abs=1e-3)
+    # degradation= on the command line replaces it: noise keeps the size, so the x2 model no longer fits
+    with pytest.raises(ShapeMismatchError, match="scale"):
+        evaluate(compose_cfg(tmp_path / "n", "task=eval", f"ckpt_path={ckpt}", "degradation=gaussian_noise",
+                             *PAIRED, "trainer=cpu"))
