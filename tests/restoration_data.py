@@ -1,8 +1,9 @@
 """A tiny paired dataset of real photo crops for restoration tests (test helper, not installed).
 
-Until the degradations are on this branch the tests get ``input``/``target`` from the dataset itself: ``input``
-is a torch antialiased bicubic downscale of the crop (SR) and/or the crop plus Gaussian noise drawn from the
-item's index (denoising). The package's degradations (``degradation=...``) replace this in real runs.
+The model tests get ``input``/``target`` from the dataset itself, so they check the restoration models alone on real
+photos: ``input`` is a torch antialiased bicubic downscale of the crop (SR) and/or the crop plus Gaussian noise
+drawn from the item's index (denoising). Real runs use the package's degradations (``degradation=...``); the
+tests with them are in test_restoration_integration.py.
 """
 
 from __future__ import annotations
