@@ -192,3 +192,27 @@ def test_peers_are_scored_in_the_training_run(tmp_path):
     expected = psnr_per_image(prepare(up, True, 2), prepare(y, True, 2)).mean().item()
     assert metrics["peer/bicubic/psnr"] == pytest.approx(expected, abs=1e-4)
     assert metrics["margin/bicubic/psnr"] == pytest.approx(metrics["test/psnr"] - expected, abs=1e-4)
+
+
+def test_task_restore_on_a_video_writes_every_frame(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    frames = [photo_u8("astronaut", 24, 40, 100 + 4 * t, 120) for t in range(3)]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (40, 24))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG .avi files")
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "out"
+    restore(restore_cfg(tmp_path, "model=bicubic", "model.kernel=torch", "model.scale=2", f"input={video}",
+                        f"out={out}"))
+    assert listing(out) == ["clip/000000.png", "clip/000001.png", "clip/000002.png"]
+    cap = cv2.VideoCapture(str(video))
+    for t in range(3):
+        ok, bgr = cap.read()
+        assert ok
+        decoded = to_tensor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))[None]
+        expected = F.interpolate(decoded, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1)[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "clip" / f"{t:06d}.png")), to_u8(expected))
+    cap.release()
