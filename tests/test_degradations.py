@@ -30,7 +30,7 @@ from mmexp.degradations import (
     imresize,
     jpeg_roundtrip,
 )
-from mmexp.errors import ConfigError, DatasetNotFoundError, MissingBatchKeyError, ShapeMismatchError
+from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, MissingBatchKeyError, ShapeMismatchError
 from tests.conftest import compose_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "mmexp" / "conf"
@@ -230,7 +230,7 @@ def test_object_and_file_masks(tmp_path):
     with pytest.raises(ShapeMismatchError, match=r"002.png is 8x16.*image is 16x16"):
         FileMask(masks)({**batch, "index": torch.tensor([2, 0])}, [0, 0])
     (masks / "003.png").write_bytes(b"not a png")
-    with pytest.raises(Exception, match="003.png"):
+    with pytest.raises(DatasetFormatError, match="cannot read image file .*003.png"):
         FileMask(masks)({**batch, "index": torch.tensor([3, 0])}, [0, 0])
     with pytest.raises(DatasetNotFoundError, match="nowhere"):
         FileMask(tmp_path / "nowhere")
