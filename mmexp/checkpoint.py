@@ -200,6 +200,50 @@ def migrate(ckpt: dict, path: str = "<checkpoint>") -> dict:
     return ckpt
 
 
+# ---------------------------------------------------------------------------------------- init_from
+def init_weights(model: torch.nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Load the weights of checkpoint ``path`` into ``model`` before training (``init_from=CKPT``): weights only
+    (no optimizer, step or RNG state), by parameter name, ``strict=False``.
+
+    ``path`` is an mmexp/Lightning checkpoint (its ``state_dict``) or a file holding a plain state dict. Returns
+    ``(missing, unexpected)``: the model's keys the checkpoint lacks (they keep their initial values) and the
+    checkpoint's keys the model lacks (ignored); both are logged. A key present on both sides with different
+    shapes raises :class:`CheckpointError` naming every such parameter and both shapes. An EMA copy whose
+    weights the checkpoint lacks restarts from the loaded weights (``EMA.reset``).
+    """
+    from mmexp.ema import EMA
+
+    path = os.fspath(path)
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("state_dict", ckpt)
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise CheckpointError(f"init_from={path} holds no weights (neither a 'state_dict' nor a state dict of tensors)")
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in tensors.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise CheckpointError(f"init_from={path}: {len(mismatched)} parameter(s) differ in shape, so these weights "
+                              f"do not fit this model: " + "; ".join(mismatched))
+    result = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    for name, module in model.named_modules():
+        prefix = f"{name}.module." if name else "module."
+        if isinstance(module, EMA) and any(k.startswith(prefix) for k in missing):
+            module.reset()
+            log.info("init_from: %s restarts from the loaded weights (the checkpoint has no EMA of them)", name)
+    log.info("init_from=%s: loaded %d tensors", path, len(tensors) - len(unexpected))
+    log.info("init_from: %d missing key(s) (not in the checkpoint, kept at their initial values): %s",
+             len(missing), _abbreviate(missing))
+    log.info("init_from: %d unexpected key(s) (in the checkpoint, not in the model; ignored): %s",
+             len(unexpected), _abbreviate(unexpected))
+    return missing, unexpected
+
+
+def _abbreviate(keys: list[str], n: int = 12) -> str:
+    return "none" if not keys else ", ".join(keys[:n]) + (f" ... and {len(keys) - n} more" if len(keys) > n else "")
+
+
 def resumable_path(path: str | os.PathLike, output_dir: str | os.PathLike) -> str:
     """A checkpoint path that Lightning can resume from with ``weights_only=True``.
 

@@ -51,6 +51,14 @@ class EMA(nn.Module):
         for b_ema, b_src in zip(self.module.buffers(), src.buffers()):
             b_ema.copy_(b_src if ok is None else torch.where(ok.to(b_src.device), b_src, b_ema))
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Copy the source's parameters and buffers (after the source's weights were replaced, e.g. by
+        ``init_from``, so the average starts from them)."""
+        for ema_t, src_t in zip([*self.module.parameters(), *self.module.buffers()],
+                                [*self._source[0].parameters(), *self._source[0].buffers()]):
+            ema_t.copy_(src_t)
+
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 

@@ -46,3 +46,7 @@ class UnknownWordError(ConfigError):
 
 class MissingDependencyError(MMExpError, ImportError):
     """An optional Python package is not installed; the message names the ``pip install`` that adds it."""
+
+
+class InputImageError(MMExpError, ValueError):
+    """An image given to restore (or its mask or target) cannot be read; names the file and why."""

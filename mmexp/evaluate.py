@@ -37,9 +37,14 @@ def _command_line_overrides(prefix: str) -> list[str]:
 def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, DictConfig]:
     """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config; ``data.*``
     overrides from this command line win (the dataset may live elsewhere now), and so does a ``degradation=...``
-    (score a restoration model on another degradation than it trained on)."""
+    (score a restoration model on another degradation than it trained on). Without ``ckpt_path``, a model without
+    trained weights (a classical restorer: ``model=bicubic``...) is built, with the data, from this command line's
+    config."""
     if not cfg.get("ckpt_path"):
-        raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
+        model = build(cfg.model) if cfg.get("model") is not None and not needs_checkpoint(cfg.model) else None
+        if model is None:
+            raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
+        return model.eval(), build(cfg.data), cfg
     model, train_cfg, _ = rebuild(cfg.ckpt_path, _command_line_overrides("data."))
     if _command_line_overrides("degradation"):
         # the stored config is resolved: data.degradation holds the training run's, so replace it there too
@@ -48,6 +53,47 @@ def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataM
             train_cfg.degradation = chosen
             train_cfg.data.degradation = chosen
     return model, build(train_cfg.data), train_cfg
+
+
+def needs_checkpoint(model_cfg: DictConfig) -> bool:
+    """Whether the model of ``model_cfg`` gets its weights from a checkpoint (False: a classical method, or a
+    network that comes with pretrained weights, ``pretrained: true``); True when unknown."""
+    from hydra.utils import get_class
+
+    if model_cfg.get("pretrained"):
+        return False
+    try:
+        return bool(getattr(get_class(model_cfg._target_), "needs_checkpoint", True))
+    except (ImportError, ValueError, AttributeError):
+        return True
+
+
+def score_peers(cfg: DictConfig, datamodule: pl.LightningDataModule, metrics: dict) -> dict[str, float]:
+    """Score the classical ``peers`` (name -> model config) on the test split with the ``metrics`` protocol, as the
+    trained model was (``test/*``), and log whether the model beats each: ``peer/<name>/<metric>`` and
+    ``margin/<name>/<metric>`` (model minus peer; for LPIPS, lower is better)."""
+    out: dict[str, float] = {}
+    for name, peer_cfg in cfg.peers.items():
+        peer = build(peer_cfg)
+        callback = ValidationMetrics(build(cfg.metrics), prefix=f"peer/{name}",
+                                     data_id=stable_hash(data_identity(cfg.data)), split="test")
+        trainer: pl.Trainer = build(cfg.trainer, callbacks=[callback], logger=False, max_epochs=1,
+                                    enable_checkpointing=False)
+        trainer.test(peer, datamodule=datamodule, verbose=False)
+        for key, value in trainer.callback_metrics.items():
+            if not key.startswith(f"peer/{name}/"):
+                continue
+            metric = key.rsplit("/", 1)[1]
+            out[key] = to_float(value)
+            mine = to_float(metrics.get(f"test/{metric}"))
+            if mine is None:
+                continue
+            margin = mine - out[key]
+            out[f"margin/{name}/{metric}"] = margin
+            better = margin < 0 if "lpips" in metric else margin > 0
+            log.info("%s %s %s: model %.4f vs %s %.4f (%+.4f)", "BEATS" if better else "does NOT beat", name, metric,
+                     mine, name, out[key], margin)
+    return out
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -73,10 +119,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not trainer.is_global_zero:
         return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
     out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, callback.protocol)
-    # and beside the evaluated run, so its results stay with it
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
-    os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-    write_metrics_json(os.path.join(run_dir, "eval", f"{suite.name}.json"), metrics, callback.protocol)
+    if cfg.get("ckpt_path"):  # and beside the evaluated run, so its results stay with it
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
+        os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
+        write_metrics_json(os.path.join(run_dir, "eval", f"{suite.name}.json"), metrics, callback.protocol)
     for key, value in out.items():
         log.info("%s = %s", key, value)
     return {k: v for k, v in out.items() if isinstance(v, float)}

@@ -1,8 +1,9 @@
-"""A trained model from its checkpoint alone, for use from Python and by ``task=generate``.
+"""A trained model from its checkpoint alone, for use from Python and by ``task=generate`` / ``task=restore``.
 
     import mmexp
     pipe = mmexp.load("logs/train/runs/X/checkpoints/last.ckpt")
     images = pipe.generate(["a small red circle on a black background"], n=4, guidance=3.0, steps=25)
+    restored = mmexp.load("sr.ckpt").restore("photo.png")     # [3, 2H, 2W] in [-1, 1] for a x2 model
 
 A checkpoint carries the composed config it was trained with, so nothing else is needed; ``data`` overrides
 (a dataset that moved) are applied on top of it.
@@ -16,12 +17,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mmexp.checkpoint import CHECKPOINT_KEY, load_checkpoint
 from mmexp.config import build
-from mmexp.errors import ConfigError
+from mmexp.errors import ConfigError, ShapeMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,54 @@ class Pipeline:
         seeds = [seed + j for _ in range(rows or 1) for j in range(n)]
         return self.model.generate_conditional(**kwargs, seeds=seeds, guidance=guidance, batch_size=batch_size,
                                                **self.sampler_options(sampler))
+
+    @torch.no_grad()
+    def restore(self, image: Any, hole: Any = None, prompt: str | None = None, tile: int | None = 512,
+                tile_overlap: int = 32) -> torch.Tensor:
+        """Restore one image of any size with a restoration model (``task=restore`` does the same per file).
+
+        ``image``: a tensor ``[C, H, W]`` or ``[B, C, H, W]`` in [-1, 1], a PIL image or an image file's path
+        (for super-resolution, the low-resolution image); ``hole``: for inpainting models, the mask (tensor
+        ``[H, W]``, ``[1, H, W]`` or ``[B, 1, H, W]``, PIL image or path; non-zero = fill), the size of the image;
+        ``prompt``: text for text-guided models. Large images are tiled (``tile`` input pixels with
+        ``tile_overlap`` pixels of context; see :func:`mmexp.restore.restore_tensor`). Returns the restored image
+        in [-1, 1], ``[C, H * scale, W * scale]`` (``[B, ...]`` for a batch), on the CPU.
+        """
+        from PIL import Image
+
+        from mmexp.restore import image_to_tensor, read_image, read_mask, restore_tensor
+
+        model = self.model
+        if not hasattr(model, "restore"):
+            raise ConfigError(f"{type(model).__name__} is not a restoration model (it has no restore())")
+        channels = int(model.channels)
+        if isinstance(image, Image.Image):
+            x = image_to_tensor(image, channels)
+        elif isinstance(image, (str, os.PathLike)):
+            x = read_image(image, channels)
+        else:
+            x = torch.as_tensor(image, dtype=torch.float32)
+        batched = x.dim() == 4
+        x = x if batched else x[None]
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ConfigError(f"{type(model).__name__} restores {channels}-channel images; got a tensor of shape "
+                              f"{tuple(image.shape)}")
+        size = tuple(x.shape[-2:])
+        if hole is not None:
+            if isinstance(hole, (str, os.PathLike)):
+                hole = read_mask(hole, size)
+            elif isinstance(hole, Image.Image):
+                hole = torch.from_numpy(np.asarray(hole.convert("L")) != 0).float()
+            hole = torch.as_tensor(hole, dtype=torch.float32)
+            while hole.dim() < 4:
+                hole = hole[None]
+            if tuple(hole.shape[-2:]) != size:
+                raise ShapeMismatchError(f"hole mask of size {tuple(hole.shape[-2:])} for an image of size {size}: "
+                                         "they must be the same size")
+            hole = (hole != 0).float().to(self.device)
+        caption = [prompt] * x.shape[0] if prompt else None
+        y = restore_tensor(model, x.to(self.device), hole, caption, tile, tile_overlap).cpu()
+        return y if batched else y[0]
 
     def _unconditional(self, n: int, seed: int) -> torch.Tensor:
         model = self.model

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mmexp.callbacks import AtomicCheckpointIO, BestCheckpoint, ValidationMetrics, read_run_state
-from mmexp.checkpoint import resumable_path
+from mmexp.checkpoint import init_weights, resumable_path
 from mmexp.config import build, data_identity, instantiate_group, stable_hash
 from mmexp.batch import check_keys
 from mmexp.errors import ConfigError, NonFiniteLossError
@@ -77,6 +77,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: pl.LightningDataModule = build(cfg.data)
     log.info("model <%s>", cfg.model._target_)
     model: pl.LightningModule = build(cfg.model)
+    if cfg.get("init_from"):
+        if ckpt_path:  # resuming restores every weight (and the optimizer) from ckpt_path
+            log.info("resuming from %s: init_from=%s is not applied", ckpt_path, cfg.init_from)
+        else:
+            init_weights(model, cfg.init_from)
     check_compatible(model, datamodule)
 
     callbacks = instantiate_group(cfg.get("callbacks"), run_config=OmegaConf.to_container(cfg, resolve=True),
@@ -104,6 +109,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("testing %s", best or "the final weights (no best checkpoint was kept)")
             trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
             metrics.update(trainer.callback_metrics)
+            if cfg.get("peers"):
+                from mmexp.evaluate import score_peers
+
+                metrics.update(score_peers(cfg, datamodule, metrics))
 
         finish_run(trainer, cfg, metrics, next((c for c in callbacks if isinstance(c, ValidationMetrics)), None))
         failed = False
@@ -178,8 +187,12 @@ def main(cfg: DictConfig) -> float | None:
         from mmexp.generate import generate
 
         metrics = generate(cfg)
+    elif cfg.task == "restore":
+        from mmexp.restore import restore
+
+        metrics = restore(cfg)
     else:
-        raise ConfigError(f"unknown task={cfg.task!r}; choose one of: train, eval, sample, generate")
+        raise ConfigError(f"unknown task={cfg.task!r}; choose one of: train, eval, sample, generate, restore")
 
     name = cfg.get("optimized_metric")
     if not name or cfg.task != "train":

@@ -29,7 +29,7 @@ part is logged unweighted as ``train/loss/<name>``, for a GAN ``train/loss/d/<na
 the discriminator: the adversarial loss, penalties) and ``train/loss/g/<name>`` (the generator);
 validation logs ``val/loss`` and ``val/loss/<name>`` the same way.
 
-Modules: :mod:`.base` (LossTerm, LossSet), :mod:`.adversarial` (non-saturating, hinge,
+Modules: :mod:`.base` (LossTerm, LossSet), :mod:`.adversarial` (non-saturating, hinge, relativistic average,
 Wasserstein; gradient penalty, R1), :mod:`.reconstruction` (L1, MSE, Charbonnier),
 :mod:`.perceptual` (ST-LPIPS), :mod:`.likelihood` (Gaussian / Bernoulli NLL), :mod:`.kl`
 (Gaussian KL), :mod:`.vq` (commitment, codebook).

@@ -11,6 +11,9 @@ Adversarial terms act on both sides: ``d_loss(real_logits, fake_logits)`` is the
 - :class:`WassersteinLoss`: Arjovsky et al., "Wasserstein GAN", ICML 2017: the critic minimises
   ``D(G(z)) - D(x)``, G minimises ``-D(G(z))``; needs a Lipschitz constraint such as
   :class:`GradientPenalty`.
+- :class:`RelativisticAverageLoss`: Jolicoeur-Martineau, "The relativistic discriminator: a key element
+  missing from standard GAN", ICLR 2019, as ESRGAN uses it: D judges whether a real image is more
+  realistic than the average fake (and the reverse); the generator's side needs ``real_logits`` too.
 
 Regularisers act on the discriminator only and take the networks and images explicitly:
 
@@ -128,6 +131,31 @@ class WassersteinLoss(AdversarialLoss):
     @staticmethod
     def generator_part(logits: Tensor) -> Tensor:
         return -logits
+
+
+class RelativisticAverageLoss(LossTerm):
+    """Relativistic average GAN loss (RaGAN; Jolicoeur-Martineau 2019) with the logistic (BCE) loss, as in
+    ESRGAN (Wang et al. 2018). With ``C(x)`` the raw logits and ``E`` the batch mean,
+    ``D_ra(a, b) = C(a) - E[C(b)]``; D minimises ``(softplus(-D_ra(real, fake)) + softplus(D_ra(fake, real))) / 2``
+    and G the same with the roles swapped, ``(softplus(D_ra(real, fake)) + softplus(-D_ra(fake, real))) / 2``:
+    the generator also learns from the real images' logits.
+
+    Args:
+        weight (float): weight of the term on both sides (ESRGAN's generator: 5e-3). Default: 1.0.
+
+    ``forward(fake_logits, real_logits)``: the model passes D's logits on the real images detached (G's
+    update must not reach D). Logits may be ``[B]`` or per pixel ``[B, 1, H, W]``; the means run over all.
+    """
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        real_rel = real_logits - fake_logits.mean()
+        fake_rel = fake_logits - real_logits.mean()
+        return 0.5 * (F.softplus(-real_rel).mean() + F.softplus(fake_rel).mean())
+
+    def forward(self, fake_logits: Tensor, real_logits: Tensor) -> Tensor:
+        real_rel = real_logits - fake_logits.mean()
+        fake_rel = fake_logits - real_logits.mean()
+        return 0.5 * (F.softplus(real_rel).mean() + F.softplus(-fake_rel).mean())
 
 
 def input_gradient(discriminator: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

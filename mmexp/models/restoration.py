@@ -1,0 +1,293 @@
+"""Image restoration (super-resolution, denoising, and the inpainting hooks) as LightningModules.
+
+:class:`Restorer` is what every restorer shares, trained or not: the batch contract (``input`` -> ``target``),
+validation outputs for the paired metrics, the input | output | target preview and :meth:`Restorer.restore`
+(used by ``task=restore``, ``task=eval`` and ``mmexp.load(CKPT).restore(...)``). :class:`RestorationModel`
+trains a network on it (L1 / Charbonnier / perceptual losses, optionally a discriminator: ESRGAN);
+the classical peers (bicubic, non-local means, BM3D, Telea) are in :mod:`mmexp.models.baselines`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmexp.ema import EMA
+from mmexp.errors import ConfigError, ShapeMismatchError
+from mmexp.losses import LossSet
+from mmexp.models.base import GenerativeModule, eval_mode
+
+
+class Restorer(GenerativeModule):
+    """Base of the restorers: ``input [B, C, h, w]`` (+ ``hole``, ``caption``) -> ``[B, C, h * scale, w * scale]``.
+
+    Subclasses implement :meth:`predict` and set ``channels`` (image channels), ``scale`` (output size / input
+    size) and ``size_multiple`` (input sides the method needs to be multiples of; ``task=restore`` pads).
+    ``needs_checkpoint`` is False for methods whose weights do not come from an mmexp checkpoint (classical
+    methods, ported pretrained networks), which ``task=restore`` and ``task=eval`` run as configured. Restorers are fully convolutional or per-pixel: ``check_data`` compares channels only.
+
+    Args:
+        channels (int): image channels (1 or 3). Default: 3.
+        inpainting (bool): the model fills holes: batches must hold ``hole`` (1 = pixel to fill) and the
+            known pixels of the input are composited back into every output, exactly. Default: False.
+        num_preview (int): images in the preview grid. Default: 4.
+        sample_seed, finite_check_every_n_steps, log_every_n_steps: see :class:`GenerativeModule`.
+    """
+
+    needs_checkpoint: bool = True
+    scale: int = 1
+    size_multiple: int = 1
+    required_keys: tuple[str, ...] = ("input", "target")
+
+    def __init__(self, channels: int = 3, inpainting: bool = False, num_preview: int = 4, sample_seed: int = 0,
+                 finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+        self.channels = int(channels)
+        self.inpainting = bool(inpainting)
+        self.num_preview = int(num_preview)
+        if self.inpainting:
+            self.required_keys = ("input", "target", "hole")
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, 0, 0)``: any size (see :meth:`check_data`)."""
+        return (self.channels, 0, 0)
+
+    def check_data(self, image_shape: Iterable[int]) -> None:
+        """Raise ShapeMismatchError unless the data's channels are the model's (any height and width)."""
+        c = int(tuple(image_shape)[0])
+        if c != self.channels:
+            raise ShapeMismatchError(
+                f"data gives {c}-channel images but {type(self).__name__} restores {self.channels}-channel "
+                "images; set data.channels or the model's channels to agree")
+
+    def check_output(self, pred: torch.Tensor, target: torch.Tensor, input: torch.Tensor) -> None:
+        if pred.shape != target.shape:
+            raise ShapeMismatchError(
+                f"{type(self).__name__} (x{self.scale}) turns input {tuple(input.shape)} into {tuple(pred.shape)} "
+                f"but the target is {tuple(target.shape)}: the degradation's scale and the model's must agree")
+
+    # ------------------------------------------------------------------ restoring
+    def predict(self, input: torch.Tensor, hole: torch.Tensor | None = None,
+                caption: list[str] | None = None) -> torch.Tensor:
+        """The method's raw output for a batch in [-1, 1] (before compositing known pixels)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def composite(pred: torch.Tensor, input: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """Inpainting: predicted pixels inside the hole, the input's known pixels (exactly) outside it."""
+        return torch.where(hole.to(pred.dtype).expand_as(pred) > 0.5, pred, input)
+
+    def restore(self, input: torch.Tensor, hole: torch.Tensor | None = None,
+                caption: list[str] | None = None) -> torch.Tensor:
+        """Restored images ``[B, C, h * scale, w * scale]`` in [-1, 1] (eval mode, no grad; one pass: tiling for
+        large images is :func:`mmexp.restore.restore_tensor`'s). Inpainting models composite known pixels."""
+        if input.dim() != 4 or input.shape[1] != self.channels:
+            raise ShapeMismatchError(f"{type(self).__name__} restores [B, {self.channels}, H, W] images, got "
+                                     f"{tuple(input.shape)}")
+        if self.inpainting and hole is None:
+            raise ConfigError(f"{type(self).__name__} is an inpainting model: give the hole mask (1 = fill)")
+        if hole is not None and hole.shape[-2:] != input.shape[-2:]:
+            raise ShapeMismatchError(f"hole mask of size {tuple(hole.shape[-2:])} for an image of size "
+                                     f"{tuple(input.shape[-2:])}: they must be the same size")
+        with eval_mode(self):
+            pred = self.predict(input, hole=hole, caption=caption).clamp(-1, 1)
+        if self.inpainting and hole is not None:
+            pred = self.composite(pred, input, hole)
+        return pred
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``pred``/``target`` (paired metrics) and ``input``, in [-1, 1]."""
+        self.check_batch(batch)
+        x, y = batch["input"], batch["target"]
+        pred = self.restore(x, hole=batch.get("hole"), caption=batch.get("caption"))
+        self.check_output(pred, y, x)
+        return {"pred": pred, "target": y, "input": x}
+
+    def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Three rows of ``k = min(num_preview, B)``: input (nearest-upsampled to the output size), output,
+        target; ``nrow = k``."""
+        k = min(self.num_preview, len(batch["input"]))
+        x = batch["input"][:k].to(self.device)
+        hole = batch["hole"][:k].to(self.device) if "hole" in batch else None
+        caption = list(batch["caption"][:k]) if "caption" in batch else None
+        pred = self.restore(x, hole=hole, caption=caption)
+        shown = F.interpolate(x, size=pred.shape[-2:], mode="nearest") if x.shape[-2:] != pred.shape[-2:] else x
+        if hole is not None:  # the hole shows white in the input
+            shown = torch.where(hole.expand_as(shown) > 0.5, torch.ones_like(shown), shown)
+        target = batch["target"][:k].to(self.device)
+        return torch.cat([shown, pred, target]), k
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class RestorationModel(Restorer):
+    """A restoration network trained on ``input -> target`` pairs, optionally against a discriminator.
+
+    Args:
+        network (nn.Module): ``input [B, C, h, w] -> [B, C, h * upscale, w * upscale]`` (e.g.
+            :class:`mmexp.networks.srresnet.MSRResNet`, :class:`~mmexp.networks.rrdbnet.RRDBNet`,
+            :class:`~mmexp.networks.dncnn.DnCNN`); its ``upscale`` (default 1), ``out_channels`` and
+            ``size_multiple`` (default 1) are read. A network whose ``forward`` takes ``hole`` / ``caption``
+            receives them.
+        loss (LossSet): the loss (``conf/loss/``: ``l1``, ``charbonnier``, ``l1_perceptual``, ``esrgan``). Terms
+            may take ``pred``, ``target``, ``pixel_weight`` (the hole for inpainting), and with a discriminator
+            ``fake_logits`` and ``real_logits`` (generator side) and the discriminator-side inputs of
+            :class:`mmexp.models.gan.GAN`.
+        optimizer (Callable): Hydra partial ``optimizer(params=...)`` of the network.
+        scheduler (Callable | None): partial ``scheduler(optimizer=...)``, stepped after every network step.
+            Default: None.
+        discriminator (nn.Module | None): ``images -> logits``; with it the loss needs a term with ``d_loss``
+            (e.g. :class:`mmexp.losses.adversarial.RelativisticAverageLoss`, ESRGAN). Default: None.
+        optimizer_d, scheduler_d (Callable | None): the discriminator's, as ``optimizer``/``scheduler``.
+            Default: None.
+        ema_decay (float | None): keep an EMA of the network (used by :meth:`restore`, validation and
+            previews). Default: None (off).
+        ema_start (int): network steps before which the EMA copies the network. Default: 0.
+        inpainting (bool): see :class:`Restorer`; the loss then gets ``pixel_weight = hole``. Default: False.
+        pretrained (bool): the network comes with its weights (e.g. SCICO's ported DnCNN), so ``task=restore``
+            and ``task=eval`` run the model without a checkpoint. Default: False.
+        num_preview (int): images in the preview grid. Default: 4.
+        sample_seed, finite_check_every_n_steps, log_every_n_steps: see :class:`GenerativeModule`.
+
+    Training (manual optimisation): one network step per batch, then, with a discriminator, one
+    discriminator step on the same batch (ESRGAN's order; its relativistic loss compares each real image
+    with the batch's fakes). Lightning's ``global_step`` counts every optimizer step, so with a
+    discriminator ``trainer.max_steps=S`` trains ``S / 2`` batches. Logs ``train/loss``, its unweighted parts
+    ``train/loss/<term>``, and with a discriminator ``train/d_loss``, ``train/loss/d/<term>``,
+    ``train/d_real``, ``train/d_fake`` (mean raw logits).
+    """
+
+    def __init__(self, network: nn.Module, loss: LossSet, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, discriminator: nn.Module | None = None,
+                 optimizer_d: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler_d: Callable[..., Any] | None = None, ema_decay: float | None = None,
+                 ema_start: int = 0, inpainting: bool = False, pretrained: bool = False, num_preview: int = 4,
+                 sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
+                 log_every_n_steps: int | None = None) -> None:
+        channels = int(getattr(network, "out_channels", getattr(network, "channels", 3)))
+        super().__init__(channels, inpainting, num_preview, sample_seed, finite_check_every_n_steps,
+                         log_every_n_steps)
+        self.save_hyperparameters(ignore=["network", "loss", "optimizer", "scheduler", "discriminator",
+                                          "optimizer_d", "scheduler_d"])
+        self.automatic_optimization = False
+        self.needs_checkpoint = not pretrained
+        if not isinstance(loss, LossSet) or not loss.names("model"):
+            raise ConfigError(f"RestorationModel: loss must be a LossSet with a term on the network, got {loss!r}; "
+                              "choose loss=l1, charbonnier, l1_perceptual or esrgan")
+        adversarial = bool(loss.names("discriminator"))
+        if adversarial and discriminator is None:
+            raise ConfigError(f"RestorationModel: loss terms {loss.names('discriminator')} train a discriminator "
+                              "but the model has none; use model=esrgan or a loss without them (loss=l1)")
+        if discriminator is not None and not adversarial:
+            raise ConfigError("RestorationModel: a discriminator needs an adversarial loss term (loss=esrgan)")
+        if discriminator is not None and optimizer_d is None:
+            raise ConfigError("RestorationModel: a discriminator needs optimizer_d")
+        self.network, self.discriminator, self.loss = network, discriminator, loss
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.optimizer_d_fn, self.scheduler_d_fn = optimizer_d, scheduler_d
+        self.scale = int(getattr(network, "upscale", 1))
+        self.size_multiple = int(getattr(network, "size_multiple", 1))
+        self._takes = {k: _accepts(network.forward, k) for k in ("hole", "caption")}
+        self.ema = EMA(network, ema_decay, ema_start) if ema_decay is not None else None
+        self._sched: dict[str, Any] = {}
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The network used for outputs: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.network
+
+    def _run(self, net: nn.Module, input: torch.Tensor, hole: torch.Tensor | None,
+             caption: list[str] | None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self._takes["hole"] and hole is not None:
+            kwargs["hole"] = hole
+        if self._takes["caption"] and caption is not None:
+            kwargs["caption"] = caption
+        return net(input, **kwargs)
+
+    def forward(self, input: torch.Tensor, hole: torch.Tensor | None = None,
+                caption: list[str] | None = None) -> torch.Tensor:
+        """The (trained, not EMA) network's raw output."""
+        return self._run(self.network, input, hole, caption)
+
+    def predict(self, input: torch.Tensor, hole: torch.Tensor | None = None,
+                caption: list[str] | None = None) -> torch.Tensor:
+        return self._run(self.sampler, input, hole, caption)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        opt, sched = self.build_optimizer(self.optimizer_fn, self.network.parameters(), self.scheduler_fn)
+        self._sched = {"g": sched}
+        optimizers, scheds = [opt], [sched]
+        if self.discriminator is not None:
+            opt_d, sched_d = self.build_optimizer(self.optimizer_d_fn, self.discriminator.parameters(),
+                                                  self.scheduler_d_fn)
+            self._sched["d"] = sched_d
+            optimizers.append(opt_d)
+            scheds.append(sched_d)
+        scheds = [s for s in scheds if s is not None]
+        return (optimizers, scheds) if scheds else optimizers
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.check_batch(batch)
+        x, y = batch["input"], batch["target"]
+        hole = batch.get("hole") if self.inpainting else None
+        optimizers = self.optimizers()
+        opt = optimizers[0] if isinstance(optimizers, (list, tuple)) else optimizers
+        nets = [self.network] + ([self.discriminator] if self.discriminator is not None else [])
+        snapshot = self.snapshot_buffers(*nets)  # a non-finite pass must not leave NaN BatchNorm statistics
+
+        pred = self(x, hole=hole, caption=batch.get("caption"))
+        self.check_output(pred, y, x)
+        inputs: dict[str, Any] = {"pred": pred, "target": y}
+        if hole is not None:
+            inputs["pixel_weight"] = hole
+        d = self.discriminator
+        if d is not None:
+            d.requires_grad_(False)
+            inputs["real_logits"] = d(y).detach()
+            inputs["fake_logits"] = d(pred)
+        try:
+            out = self.loss(**inputs)
+            ok = self.guard_finite(snapshot, **{"train/loss": out.total})
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(out.total)
+        finally:
+            if d is not None:
+                d.requires_grad_(True)
+        self.skip_unless(opt, ok)
+        opt.step()
+        if self._sched.get("g") is not None:
+            self._sched["g"].step()
+        if self.ema is not None:
+            self.ema.update(self.global_step, ok=ok)
+        logs = {"train/loss": out.total, **out.named("train/loss")}
+
+        if d is not None:
+            opt_d = optimizers[1]
+            fake = pred.detach()
+            real_logits, fake_logits = d(y), d(fake)
+            d_out = self.loss.d_loss(real_logits=real_logits, fake_logits=fake_logits, discriminator=d, real=y,
+                                     fake=fake, step=self.global_step // 2)
+            ok_d = self.guard_finite(snapshot, **{"train/loss": out.total, "train/d_loss": d_out.total})
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_out.total)
+            self.skip_unless(opt_d, ok_d)
+            opt_d.step()
+            if self._sched.get("d") is not None:
+                self._sched["d"].step()
+            logs.update({"train/d_loss": d_out.total, **d_out.named("train/loss/d"),
+                         "train/d_real": real_logits.detach().mean(), "train/d_fake": fake_logits.detach().mean()})
+        self.restore_buffers_unless_finite()
+        self.log_train(logs)
