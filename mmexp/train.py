@@ -22,6 +22,7 @@ from mmexp.errors import ConfigError, NonFiniteLossError
 from mmexp.io import to_float, write_metrics_json
 from mmexp.loggers import WandbLogger, find_logger
 from mmexp.loggers import finish as finish_loggers
+from mmexp.stages import run_stages
 from mmexp.provenance import provenance
 
 log = logging.getLogger("mmexp")
@@ -68,10 +69,13 @@ def log_hyperparameters(trainer: pl.Trainer, cfg: DictConfig, model: pl.Lightnin
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resumable_path(cfg.ckpt_path, cfg.paths.output_dir) if cfg.get("ckpt_path") else None
     resume = read_run_state(ckpt_path) if ckpt_path else {}
+    if cfg.get("stages"):
+        # earlier stages (a VQ-VAE before its prior) first, each a run of its own under this run's directory
+        run_stages(cfg, resume=resume if ckpt_path else None)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
 
     log.info("data <%s>", cfg.data._target_)
     datamodule: pl.LightningDataModule = build(cfg.data)

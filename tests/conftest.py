@@ -153,6 +153,8 @@ TINY = {
     "vae": ["model.encoder.base_channels=8", "model.encoder.latent_dim=8", "model.encoder.num_res_blocks=0"],
     "vqvae": ["model.encoder.base_channels=8", "model.encoder.num_res_blocks=0", "model.quantizer.num_codes=32",
               "model.quantizer.code_dim=8"],
+    "vq_prior": ["model.transformer.dim=32", "model.transformer.depth=1", "model.transformer.heads=2",
+                 "model.conditioner.dim=32", "model.num_per_prompt=2", "model.num_preview_rows=2"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 

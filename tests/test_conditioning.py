@@ -239,8 +239,8 @@ def test_missing_part_at_sampling_is_null(encoder, missing):
 
 def test_conditioner_bad_input():
     enc = learned_encoder()
-    with pytest.raises(ConfigError, match="neither"):
-        Conditioner(None, None, dim=8)
+    with pytest.raises(ConfigError, match="unconditional"):
+        Conditioner(None, None, dim=8)(CAPTIONS)
     with pytest.raises(ConfigError, match="p_drop_text=1.5"):
         Conditioner(enc, p_drop_text=1.5)
     text_only, label_only = Conditioner(enc, dim=8), Conditioner(None, num_classes=3, dim=8)
@@ -252,6 +252,18 @@ def test_conditioner_bad_input():
         label_only(label=torch.tensor([0, 3, 7]))
     with pytest.raises(ConfigError, match="disagree"):
         Conditioner(enc, num_classes=3, dim=8)(CAPTIONS, torch.zeros(3, dtype=torch.long))
+
+
+def test_a_conditioner_without_text_or_labels_is_unconditional():
+    """Neither text nor labels: every condition is the learned null token, and nothing is read from batches."""
+    cond = Conditioner(None, None, dim=8)
+    assert cond.unconditional and cond.required_keys == () and cond.sample_drop(3) == (None, None)
+    c = cond(batch_size=3)
+    assert c.tokens.shape == (3, 1, 8) and c.mask.all()
+    torch.testing.assert_close(c.tokens[:, 0], cond.null_token.expand(3, 8))
+    torch.testing.assert_close(cond.from_batch({"image": torch.zeros(3, 1, 2, 2)}, drop=True).pooled, c.pooled)
+    cond.prepare(None)  # nothing to prepare
+    assert not Conditioner(None, num_classes=3, dim=8).unconditional
 
 
 def test_condition_helpers():

@@ -61,7 +61,9 @@ class Conditioner(nn.Module):
 
     Args:
         text_encoder (TextEncoder | None): see ``conf/text_encoder/``; None: no text. Default: None.
-        num_classes (int | None): number of classes; None: no labels. Default: None.
+        num_classes (int | None): number of classes; None: no labels. Default: None. With neither text nor
+            labels the conditioner is unconditional: every condition is the null one (one learned token), so an
+            unconditional model is the same class with the same interface.
         dim (int): size of the condition's pooled vector and tokens. Default: 256.
         p_drop_text (float): probability of dropping a sample's caption in training. Default: 0.1.
         p_drop_label (float): probability of dropping a sample's label in training (independently of the
@@ -74,9 +76,6 @@ class Conditioner(nn.Module):
     def __init__(self, text_encoder: TextEncoder | None = None, num_classes: int | None = None, dim: int = 256,
                  p_drop_text: float = 0.1, p_drop_label: float = 0.1, p_drop_all: float = 0.0) -> None:
         super().__init__()
-        if text_encoder is None and not num_classes:
-            raise ConfigError("Conditioner needs a text encoder (text_encoder=learned|minilm|use|clip) or labels "
-                              "(num_classes); it got neither")
         for name, p in (("p_drop_text", p_drop_text), ("p_drop_label", p_drop_label), ("p_drop_all", p_drop_all)):
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"Conditioner: {name}={p} is not a probability in [0, 1]")
@@ -93,6 +92,9 @@ class Conditioner(nn.Module):
         self.label_encoder = LabelEncoder(num_classes, dim) if num_classes else None
         if self.label_encoder is not None:
             self.null_label = nn.Parameter(torch.randn(dim) * 0.02)
+        if text_encoder is None and self.label_encoder is None:
+            # unconditional: every condition is the null one, a single learned token (taming's start token)
+            self.null_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.register_buffer("_device_marker", torch.empty(0), persistent=False)
 
     # ------------------------------------------------------------------ what it uses
@@ -103,6 +105,11 @@ class Conditioner(nn.Module):
     @property
     def uses_label(self) -> bool:
         return self.label_encoder is not None
+
+    @property
+    def unconditional(self) -> bool:
+        """Neither text nor labels: every condition is the null condition."""
+        return not (self.uses_text or self.uses_label)
 
     @property
     def required_keys(self) -> tuple[str, ...]:
@@ -162,11 +169,13 @@ class Conditioner(nn.Module):
             batch_size (int | None): B, needed only when neither captions nor labels are given. Default: None.
         """
         if caption is not None and not self.uses_text:
-            raise ConfigError("Conditioner: got captions, but this model is conditioned on labels only "
-                              "(text_encoder=none); pass labels")
+            raise ConfigError("Conditioner: got captions, but this model is " + (
+                "conditioned on labels only (text_encoder=none); pass labels" if self.uses_label else
+                "unconditional (no text encoder, no num_classes); pass batch_size only"))
         if label is not None and not self.uses_label:
-            raise ConfigError("Conditioner: got labels, but this model is conditioned on text only "
-                              "(num_classes unset); pass captions")
+            raise ConfigError("Conditioner: got labels, but this model is " + (
+                "conditioned on text only (num_classes unset); pass captions" if self.uses_text else
+                "unconditional (no text encoder, no num_classes); pass batch_size only"))
         if caption is not None:
             caption = check_captions(caption, "Conditioner")
         sizes = {n: s for n, s in (("caption", None if caption is None else len(caption)),
@@ -215,6 +224,9 @@ class Conditioner(nn.Module):
                 tokens = F.pad(tokens, (0, 0, 0, 1)).index_put((rows, lengths), emb)
                 mask = torch.arange(tokens.shape[1], device=device)[None] <= lengths[:, None]
                 pooled = pooled + emb
+        if self.unconditional:
+            tokens, mask = self.null_token.expand(b, 1, self.dim), torch.ones(b, 1, dtype=torch.bool, device=device)
+            pooled = self.null_token.expand(b, self.dim)
         return Condition(pooled, tokens, mask)
 
     def null(self, batch_size: int) -> Condition:
@@ -228,7 +240,7 @@ class Conditioner(nn.Module):
         b = batch_length(batch)
         drop_text, drop_label = self.sample_drop(b, generator) if drop else (None, None)
         return self(batch["caption"] if self.uses_text else None, batch["label"] if self.uses_label else None,
-                    drop_text, drop_label)
+                    drop_text, drop_label, batch_size=b)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, p_drop_text={self.p_drop_text}, p_drop_label={self.p_drop_label}, "

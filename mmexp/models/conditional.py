@@ -103,10 +103,12 @@ class ConditionalModule(GenerativeModule):
         if label is not None and not torch.is_tensor(label):
             label = torch.as_tensor(list(label), dtype=torch.long)
         if caption is not None and not self.conditioner.uses_text:
-            raise ConfigError(f"{type(self).__name__} is conditioned on labels only; it cannot take a prompt "
-                              "(give label=...)")
+            raise ConfigError(f"{type(self).__name__} is " + ("conditioned on labels only; it cannot take a prompt "
+                              "(give label=...)" if self.conditioner.uses_label else
+                              "unconditional; it cannot take a prompt (give n=...)"))
         if label is not None and not self.conditioner.uses_label:
-            raise ConfigError(f"{type(self).__name__} is conditioned on text only; it cannot take label=...")
+            raise ConfigError(f"{type(self).__name__} is " + ("conditioned on text only; it cannot take label=..."
+                              if self.conditioner.uses_text else "unconditional; it cannot take label=..."))
         return self.conditioner(caption, label, batch_size=batch_size)
 
     def sample_generators(self, n: int, indices: Sequence[int] | torch.Tensor | None = None, seed: int | None = None,
@@ -155,10 +157,12 @@ class ConditionalModule(GenerativeModule):
                              indices: Sequence[int] | torch.Tensor | None = None, seed: int | None = None,
                              generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                              guidance: float | None = None, batch_size: int = 64, **sampler: Any) -> torch.Tensor:
-        """One image per caption / label (``n`` unconditional images when neither is given), ``[B, C, H, W]`` in
-        [-1, 1]. ``indices`` (+ ``seed``) make image ``i`` depend only on ``(seed, indices[i])``, ``seeds`` on
-        ``seeds[i]`` alone; ``guidance`` and ``**sampler`` override the model's defaults. Drawn ``batch_size`` at
-        a time, in eval mode."""
+        """One image per caption / label (``n`` unconditional images when neither is given; one per index when
+        only ``indices`` are), ``[B, C, H, W]`` in [-1, 1]. ``indices`` (+ ``seed``) make image ``i`` depend only
+        on ``(seed, indices[i])``, ``seeds`` on ``seeds[i]`` alone; ``guidance`` and ``**sampler`` override the
+        model's defaults. Drawn ``batch_size`` at a time, in eval mode."""
+        if caption is None and label is None and n is None and indices is not None:
+            n = len(torch.as_tensor(indices).reshape(-1))
         sizes = {len(caption) if caption is not None else None, len(label) if label is not None else None,
                  n if n is not None else None} - {None}
         if len(sizes) != 1:
@@ -184,6 +188,8 @@ class ConditionalModule(GenerativeModule):
     def reference_conditions(self, indices: Sequence[int]) -> dict[str, Any]:
         """The captions/labels of the validation split's items ``i % len(split)``: what samples beyond the split
         (metric top-ups) are conditioned on."""
+        if self.conditioner.unconditional:
+            return {}
         ds = self._reference_split
         if ds is None or len(ds) == 0:
             raise NotImplementedError(f"{type(self).__name__}: no validation split to take conditions from")
@@ -214,10 +220,15 @@ class ConditionalModule(GenerativeModule):
         fake = self.generate_conditional(**conditions, indices=self.sample_indices(batch))
         return {"real": batch["image"], "fake": fake, **conditions}
 
-    def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int, list[str]]:
+    def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int, list[str]] | tuple[torch.Tensor, int]:
         """A grid: one row per prompt (fixed ``preview_prompts``/``preview_labels``, else the first distinct
-        conditions of ``batch``), ``num_per_prompt`` images each from fixed seeds; the row captions beside it."""
+        conditions of ``batch``), ``num_per_prompt`` images each from fixed seeds; the row captions beside it.
+        Unconditional models: rows of samples from fixed seeds, no captions."""
         k = self.num_per_prompt
+        if self.conditioner.unconditional:
+            rows = max(1, min(self.num_preview_rows, 64 // max(1, k)))
+            images = self.generate_conditional(indices=torch.arange(rows * k), seed=self.sample_seed + 1)
+            return images, k
         if self.conditioner.uses_text:
             prompts = self.preview_prompts or list(dict.fromkeys(batch["caption"]))[: self.num_preview_rows]
             labels = None
