@@ -26,6 +26,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "input": ("float32 [B, C, h, w] in [-1, 1]", "degraded input of a restoration model (h, w: e.g. H/scale)"),
     "target": ("float32 [B, C, H, W] in [-1, 1]", "what a restoration model should output"),
     "frames": ("float32 [B, T, C, H, W] in [-1, 1]", "a clip of T frames (one item: [T, C, H, W])"),
+    "name": ("list[str] of length B", "the item's source name (file path without suffix) for data read from files"),
 }
 
 

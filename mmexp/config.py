@@ -87,4 +87,5 @@ def data_identity(data_cfg: DictConfig | Mapping) -> dict:
     """What defines a dataset's images (not how it is loaded): for reference-statistics keys."""
     cfg = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
     loading = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "drop_last"}
-    return {k: v for k, v in cfg.items() if k not in loading}
+    # no degradation (the default) keeps the identity data had before degradations existed, and its caches
+    return {k: v for k, v in cfg.items() if k not in loading and not (k == "degradation" and v is None)}

@@ -13,7 +13,7 @@ import os
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
@@ -36,10 +36,17 @@ def _command_line_overrides(prefix: str) -> list[str]:
 
 def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, DictConfig]:
     """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config; ``data.*``
-    overrides from this command line win (the dataset may live elsewhere now)."""
+    overrides from this command line win (the dataset may live elsewhere now), and so does a ``degradation=...``
+    (score a restoration model on another degradation than it trained on)."""
     if not cfg.get("ckpt_path"):
         raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
     model, train_cfg, _ = rebuild(cfg.ckpt_path, _command_line_overrides("data."))
+    if _command_line_overrides("degradation"):
+        # the stored config is resolved: data.degradation holds the training run's, so replace it there too
+        chosen = OmegaConf.to_container(cfg.degradation, resolve=True) if cfg.get("degradation") is not None else None
+        with open_dict(train_cfg):
+            train_cfg.degradation = chosen
+            train_cfg.data.degradation = chosen
     return model, build(train_cfg.data), train_cfg
 
 
@@ -56,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
     )
     datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
-    loader = datamodule.dataloader(split, batch_size=suite.batch_size)
+    # trainer.validate(dataloaders=...) runs no datamodule hooks: the loader applies the degradation itself
+    loader = datamodule.dataloader(split, batch_size=suite.batch_size, degrade=True)
     with torch.random.fork_rng():
         torch.manual_seed(int(suite.seed))
         trainer.validate(model, dataloaders=loader, verbose=False)

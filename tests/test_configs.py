@@ -21,7 +21,7 @@ def options(group: str) -> list[str]:
 
 def test_groups_exist():
     for group in ("model", "data", "loss", "trainer", "logger", "callbacks", "paths", "hydra", "experiment",
-                  "debug", "hparams_search", "metrics"):
+                  "debug", "hparams_search", "metrics", "degradation"):
         assert (CONF / group).is_dir(), group
     assert {"dcgan", "vae", "vqvae"} <= set(options("model"))
     assert {"gan_bce", "gan_hinge", "wgan_gp", "vae", "vqvae", "l1", "charbonnier", "l1_perceptual"} <= set(
@@ -38,13 +38,13 @@ def test_default_config(tmp_path):
     assert cfg.model.generator.image_size == cfg.data.image_size
 
 
-@pytest.mark.parametrize("group", ["model", "data", "loss", "trainer", "logger", "callbacks", "metrics", "debug",
+@pytest.mark.parametrize("group", ["model", "data", "degradation", "loss", "trainer", "logger", "callbacks", "metrics", "debug",
                                    "hparams_search"])
 def test_every_option_composes(tmp_path, group):
     for option in options(group):
         overrides = [f"{group}={option}"]
-        if group == "data" and option == "folder":
-            overrides.append(f"data.root={tmp_path}")
+        if (group, option) in (("data", "folder"), ("data", "paired"), ("degradation", "file")):
+            overrides.append(f"{group}.root={tmp_path}")
         cfg = compose_cfg(tmp_path, *overrides)
         # resolving catches bad interpolations
         from omegaconf import OmegaConf

@@ -244,7 +244,7 @@ def test_protocol_configs_instantiate_cheaply(name, tmp_path):
     suite = instantiate(cfg.metrics)
     assert str(suite.refstats_dir) == str(tmp_path / "cache" / "refstats")
     assert isinstance(suite, MetricSuite) and suite.name == name
-    assert suite._nets == {}  # nothing loaded
+    assert suite._nets.loaded == {}  # nothing loaded
     assert list(suite.state_dict()) == []  # never ends up in a checkpoint
     p = suite.protocol
     for k in ("name", "reference_split", "num_samples", "batch_size", "seed"):

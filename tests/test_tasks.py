@@ -152,3 +152,19 @@ def test_generate_refuses_bad_input_and_writes_nothing(tmp_path, trained):
     with pytest.raises(ConfigError, match="not conditional"):
         generate(cfg)
     assert not (Path(cfg.paths.output_dir) / "generated").exists()
+
+
+def test_eval_honours_a_degradation_from_the_command_line(tmp_path, trained):
+    from mmexp.config import data_identity
+    from mmexp.degradations import Downsample
+
+    plain = compose_cfg(tmp_path, "task=eval", f"ckpt_path={trained['dcgan']}")
+    _, dm, train_cfg = load_trained(plain)
+    assert dm.degradation is None and "degradation" not in data_identity(train_cfg.data)
+    cfg = compose_cfg(tmp_path, "task=eval", f"ckpt_path={trained['dcgan']}", "degradation=bicubic_x2")
+    _, dm, train_cfg = load_trained(cfg)
+    assert isinstance(dm.degradation, Downsample) and dm.degradation.scale == 2
+    assert data_identity(train_cfg.data)["degradation"]["scale"] == 2
+    # the eval loader (no trainer hooks run for it) yields degraded batches
+    batch = next(iter(dm.dataloader("test", batch_size=4, degrade=True)))
+    assert batch["input"].shape[-1] * 2 == batch["target"].shape[-1] == batch["image"].shape[-1]

@@ -2,7 +2,8 @@
 
 Item / batch contract (``docs/interfaces.md``): ``image`` float32 ``[C, H, W]`` in ``[-1, 1]``,
 ``index`` int64, and per dataset (its ``provides``) ``label`` int64, ``caption`` str (a
-``list[str]`` in batches), ``mask`` float32 ``[1, H, W]`` in {0, 1}, ``attributes`` int64 ``[40]``.
+``list[str]`` in batches), ``mask`` float32 ``[1, H, W]`` in {0, 1}, ``attributes`` int64 ``[40]``,
+``frames`` ``[T, C, H, W]`` (clips), ``input``/``target`` (paired data), ``name`` str.
 """
 
 from .base import SPLITS, BaseImageDataset, DatasetFormatError
@@ -15,7 +16,10 @@ from .folder import ImageFolderDataset
 from .idx import read_idx, write_idx
 from .loaders import EpochSampler, ResumableDataLoader
 from .mnist import MNISTDataset
+from .paired import PairedImageDataset
+from .photos import PhotoDataset
 from .shapes import ShapesDataset
+from .video import MovingShapesDataset, VideoClipDataset
 
 __all__ = [
     "SPLITS",
@@ -29,8 +33,12 @@ __all__ = [
     "ImageDataModule",
     "ImageFolderDataset",
     "MNISTDataset",
+    "MovingShapesDataset",
+    "PairedImageDataset",
+    "PhotoDataset",
     "ResumableDataLoader",
     "ShapesDataset",
+    "VideoClipDataset",
     "read_idx",
     "write_idx",
 ]

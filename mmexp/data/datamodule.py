@@ -12,12 +12,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmexp.errors import ConfigError, ShapeMismatchError
+from mmexp.batch import check_keys
 
 from .base import SPLITS, check_split
 from .loaders import ResumableDataLoader, derive_seed
 from .transforms import check_channels, check_image_size
 
-__all__ = ["ImageDataModule"]
+__all__ = ["ImageDataModule", "DegradedLoader"]
 
 _STAGE_SPLITS = {
     "fit": ("train", "val"),
@@ -60,6 +61,9 @@ class ImageDataModule(L.LightningDataModule):
         name: short dataset name; default the dataset class's ``name`` attribute.
         root, download: data-level settings of file-based datasets; configs interpolate them into
             the ``dataset`` node (``data.root=...``, ``data.download=true``). Kept here for reference only.
+        degradation: a :class:`mmexp.degradations.Degradation` (config group ``degradation=``, interpolated as
+            ``data.degradation: ${degradation}``) or None (default). Applied to every batch on its device in
+            :meth:`on_after_batch_transfer` (see :meth:`degrade`); ``provides`` then adds its keys.
 
     Datasets are built lazily (``setup`` or the first property/loader that needs them) and cached.
     """
@@ -79,6 +83,7 @@ class ImageDataModule(L.LightningDataModule):
         name: str | None = None,
         root: str | None = None,
         download: bool = False,
+        degradation: Callable[..., dict] | None = None,
     ) -> None:
         super().__init__()
         if not callable(dataset):
@@ -106,6 +111,10 @@ class ImageDataModule(L.LightningDataModule):
         self.root = root
         self.download = bool(download)
         self._datasets: dict[str, Dataset] = {}
+        if degradation is not None and not (callable(degradation) and hasattr(degradation, "provides")):
+            raise ConfigError(f"data.degradation must be a degradation (callable with `provides`), got "
+                              f"{type(degradation).__name__}; choose one with degradation=NAME")
+        self.degradation = degradation
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -137,12 +146,25 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def provides(self) -> tuple[str, ...]:
-        """Batch keys the dataset provides (its ``provides``). Builds the train split."""
-        ds = self.dataset("train")
+        """Batch keys of the batches a model sees: the dataset's ``provides`` plus the degradation's. Builds
+        a split (train, else the first non-empty one: evaluation sets have no train split)."""
+        ds = self._some_split()
         keys = getattr(ds, "provides", None)
         if keys is None:
             keys = tuple(ds[0].keys()) if len(ds) else ("image", "index")
-        return tuple(keys)
+        keys = tuple(keys)
+        if self.degradation is not None:
+            check_keys(keys, getattr(self.degradation, "required_keys", ()), type(self.degradation).__name__,
+                       f"data '{self.name}'")
+            keys += tuple(k for k in self.degradation.provides if k not in keys)
+        return keys
+
+    def _some_split(self) -> Dataset:
+        for split in SPLITS:
+            ds = self.dataset(split)
+            if len(ds):  # type: ignore[arg-type]
+                return ds
+        return self.dataset("train")
 
     # -- datasets -------------------------------------------------------------------------
     def dataset(self, split: str) -> Dataset:
@@ -168,7 +190,12 @@ class ImageDataModule(L.LightningDataModule):
                 f"got {type(item).__name__}"
             )
         shape = tuple(item["image"].shape)
-        if shape != self.image_shape:
+        if getattr(ds, "variable_size", False):
+            # whole images of any size (evaluation): only the channels must agree
+            shape, expected = shape[:1], self.image_shape[:1]
+        else:
+            expected = self.image_shape
+        if shape != expected:
             raise ShapeMismatchError(
                 f"the {self.name} {split} images have shape {shape} (C, H, W) but the data config expects "
                 f"{self.image_shape} from data.channels={self.channels}, data.image_size={self.image_size}; "
@@ -177,6 +204,41 @@ class ImageDataModule(L.LightningDataModule):
         missing = [k for k in getattr(ds, "provides", ()) if k not in item]
         if missing:
             raise ConfigError(f"{type(ds).__name__} declares keys {missing} in `provides` but its items lack them")
+
+    # -- degradation --------------------------------------------------------------------
+    def degradation_seeds(self, index: torch.Tensor, split: str, epoch: int = 0) -> torch.Tensor:
+        """Per-sample seeds ``derive_seed(seed, split id, index, epoch)`` (int64 ``[B]``, on the CPU): a
+        sample's degradation depends on nothing else (not the batch, its size or the number of processes)."""
+        check_split(split)
+        sid = SPLITS.index(split)
+        return torch.tensor([derive_seed(self.seed, sid, int(i), int(epoch)) for i in index.tolist()],
+                            dtype=torch.int64)
+
+    def degrade(self, batch: dict[str, Any], split: str, epoch: int = 0) -> dict[str, Any]:
+        """``batch`` through the degradation (a new dict; the batch itself when there is none).
+
+        ``epoch`` matters for ``train`` only (new parameters every epoch; give the trainer's current epoch);
+        val/test use epoch 0 whatever is passed, so their inputs never change. Use this outside a trainer
+        (evaluation, restoration scripts) to get exactly the inputs a training run validated on.
+        """
+        if self.degradation is None:
+            return batch
+        if "index" not in batch:
+            raise ConfigError("a degraded batch needs 'index' (the per-sample seeds come from it)")
+        seeds = self.degradation_seeds(batch["index"], split, epoch if split == "train" else 0)
+        return self.degradation(batch, seeds)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply the degradation on the batch's device, with the split and epoch of the running loop."""
+        if self.degradation is None or not isinstance(batch, dict):
+            return batch
+        trainer = self.trainer
+        stage = getattr(getattr(trainer, "state", None), "stage", None)
+        stage = getattr(stage, "value", stage)
+        split = {"train": "train", "validate": "val", "sanity_check": "val", "test": "test",
+                 "predict": "test"}.get(str(stage), "val")
+        epoch = int(trainer.current_epoch) if split == "train" and trainer is not None else 0
+        return self.degrade(batch, split, epoch)
 
     def prepare_data(self) -> None:
         """Nothing to do: datasets with ``download: true`` download when built (on every rank-0 call)."""
@@ -223,22 +285,34 @@ class ImageDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.dataloader("test")
 
-    def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+    def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
+                   degrade: bool = False) -> DataLoader | DegradedLoader:
         """A deterministic loader over any split (used by eval/sample tasks).
 
         Args:
             split: ``train``, ``val`` or ``test``.
-            batch_size: default ``eval_batch_size``.
+            batch_size: default ``eval_batch_size`` (1 for datasets of whole images of any size).
             shuffle: if true the order is a permutation fixed by ``seed`` (not the global RNG).
+            degrade: yield batches already through the degradation (on the CPU, epoch 0), for loops that do not
+                run this datamodule's hooks (``trainer.validate(model, dataloaders=...)``). Default False: a
+                trainer given this datamodule applies it itself.
 
         Never drops the last batch.
         """
         ds = self._nonempty(split)
         bs = batch_size or self.eval_batch_size
+        if getattr(ds, "variable_size", False):
+            bs = 1
         if shuffle:
-            return ResumableDataLoader(ds, batch_size=bs, shuffle=True, seed=self.seed, drop_last=False, **self._loader_kwargs())
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, SPLITS.index(split), 7))
-        return DataLoader(ds, batch_size=bs, shuffle=False, drop_last=False, generator=generator, **self._loader_kwargs())
+            loader: DataLoader = ResumableDataLoader(ds, batch_size=bs, shuffle=True, seed=self.seed, drop_last=False,
+                                                     **self._loader_kwargs())
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, SPLITS.index(split), 7))
+            loader = DataLoader(ds, batch_size=bs, shuffle=False, drop_last=False, generator=generator,
+                                **self._loader_kwargs())
+        if degrade and self.degradation is not None:
+            return DegradedLoader(loader, self, split)
+        return loader
 
     def __str__(self) -> str:  # LightningDataModule's would build every loader
         return self.__repr__()
@@ -248,3 +322,19 @@ class ImageDataModule(L.LightningDataModule):
             f"{type(self).__name__}(name={self.name!r}, image_shape={self.image_shape}, batch_size={self.batch_size}, "
             f"eval_batch_size={self.eval_batch_size}, num_workers={self.num_workers}, seed={self.seed})"
         )
+
+
+class DegradedLoader:
+    """A loader whose batches come through a datamodule's degradation (``split``, epoch 0). Iterable, sized,
+    and exposes ``dataset``/``batch_size`` like the loader it wraps."""
+
+    def __init__(self, loader: DataLoader, datamodule: ImageDataModule, split: str) -> None:
+        self.loader, self.datamodule, self.split = loader, datamodule, split
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.datamodule.degrade(batch, self.split, 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)

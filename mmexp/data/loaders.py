@@ -12,7 +12,9 @@
   exactly the batches an uninterrupted run would have seen.
 
 Worker processes are seeded from a generator reseeded from ``(seed, epoch)`` at the start of each
-epoch, so per-worker RNG (``torch.initial_seed()`` inside workers) is reproducible too.
+epoch, so per-worker RNG (``torch.initial_seed()`` inside workers) is reproducible too. A dataset with a
+``set_epoch(epoch)`` method (:class:`EpochSeeded`: random training crops) is told the epoch at the start of
+each epoch's iteration, so its items can depend on ``(seed, index, epoch)`` alone.
 """
 
 from __future__ import annotations
@@ -25,13 +27,38 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["EpochSampler", "ResumableDataLoader", "derive_seed"]
+__all__ = ["EpochSampler", "EpochSeeded", "ResumableDataLoader", "derive_seed"]
 
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed derived from integer ``keys`` with NumPy's ``SeedSequence`` (well mixed)."""
     state = np.random.SeedSequence([int(k) % (1 << 64) for k in keys]).generate_state(2, np.uint32)
     return ((int(state[0]) << 32) | int(state[1])) >> 1
+
+
+class EpochSeeded:
+    """Mixin of datasets whose training items depend on the epoch (random crops, flips): :meth:`item_generator`
+    is a CPU generator seeded by ``(seed, split, index, epoch)``, so an item is the same whatever the worker,
+    the batch or an interruption, and new every epoch. :class:`ResumableDataLoader` calls :meth:`set_epoch`;
+    the epoch lives in a shared-memory tensor, which worker processes (persistent ones too) read."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch_tensor()[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch_tensor()[0])
+
+    def _epoch_tensor(self) -> torch.Tensor:
+        t = self.__dict__.get("_shared_epoch")
+        if t is None:
+            t = self.__dict__["_shared_epoch"] = torch.zeros(1, dtype=torch.int64).share_memory_()
+        return t
+
+    def item_generator(self, seed: int, split_id: int, index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator of item ``index`` in ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        return torch.Generator().manual_seed(derive_seed(seed, split_id, index, epoch, 0xC0))
 
 
 class EpochSampler(Sampler[int]):
@@ -182,6 +209,11 @@ class ResumableDataLoader(DataLoader):
             if pending_epoch == epoch:
                 skip = pending_batches
         self._epoch, self._batches_yielded = epoch, skip
+        # datasets whose items change with the epoch (random training crops) learn it here, before any worker
+        # fetches an item of this epoch (they keep it in shared memory, so persistent workers see it too)
+        set_dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_dataset_epoch):
+            set_dataset_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(derive_seed(self.seed, epoch))
         self._skip = skip

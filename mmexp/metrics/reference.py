@@ -16,12 +16,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from mmexp.io import atomic_torch_save
+from mmexp.metrics.distributed import positions_to_indices
 from mmexp.metrics.frechet import feature_statistics
+from mmexp.metrics.inception import INPUT_CONVERSION
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +165,93 @@ class ReferenceStore:
         self.tensors = {k: v.cpu() for k, v in tensors.items()}
         self.key = key
         return path
+
+
+class ReferenceStatistics:
+    """The reference-statistics half of :class:`~mmexp.metrics.MetricSuite` (a mixin): which real
+    statistics a protocol needs, their cache key, and loading / computing / saving them through a
+    :class:`ReferenceStore`. The suite provides ``_store``, ``_real`` / ``_arrived`` (the real features
+    fed on this rank), ``metrics``, ``name``, ``reference_split``, ``reference_samples``,
+    ``feature_extractor``, ``resize``, ``inception_weights()``, ``needs_reference`` and ``update_real``.
+    """
+
+    @property
+    def has_reference(self) -> bool:
+        return self._store.tensors is not None
+
+    @property
+    def reference_key_in_use(self) -> str | None:
+        return self._store.key
+
+    def clear_reference(self) -> None:
+        self._store.clear()
+
+    @property
+    def refstats_dir(self) -> Path | None:
+        return self._store.directory
+
+    def reference_fields(self, dataset: str, split: str | None = None, resolution=None, **extra) -> dict:
+        """What determines the real statistics (``extra``: e.g. a content fingerprint of the files)."""
+        return {
+            "dataset": str(dataset),
+            "split": str(split if split is not None else self.reference_split),
+            "resolution": resolution if not isinstance(resolution, (tuple, list)) else list(resolution),
+            "protocol": self.name,
+            "reference_samples": self.reference_samples,
+            "features": any(m in ("kid", "pr") for m in self.metrics),
+            "extractor": self.feature_extractor,
+            "weights_sha256": self.inception_weights().identity()["sha256"],
+            "resize": self.resize,
+            "input_conversion": INPUT_CONVERSION,
+            **{k: v for k, v in sorted(extra.items())},
+        }
+
+    def reference_key(self, dataset: str, split: str | None = None, resolution=None, **extra) -> str:
+        """Cache key of the real statistics for (dataset, split, resolution, protocol, weights...)."""
+        return self._store.register(self.reference_fields(dataset, split, resolution, **extra))
+
+    def reference_path(self, key: str) -> Path:
+        return self._store.path(key)
+
+    def load_reference(self, key: str) -> bool:
+        """Load cached real statistics; False (and none loaded, not even an earlier one) when missing,
+        stale or corrupt. Collective under DDP."""
+        return self._store.load(key)
+
+    @torch.inference_mode()
+    def save_reference(self, key: str) -> Path | None:
+        """Save the statistics of the real features fed with ``update_real`` (every rank's) under
+        ``key`` and use them; collective under DDP (rank 0 writes). None (with a warning) when no
+        real image arrived on any rank."""
+        self._store.fields(key)
+        real = self._real.gather()[1].get("features")
+        if real is None or not real.shape[0]:
+            log.warning("no real images were fed: reference statistics %s not saved", key)
+            return None
+        path = self._store.save(key, real)
+        self._real.clear()
+        self._arrived["real"] = 0
+        return path
+
+    def ensure_reference(self, batches: Iterable, dataset: str, split: str | None = None, resolution=None,
+                         device: torch.device | str | None = None) -> bool:
+        """Load the cached reference, or compute it from ``batches`` (tensors or dicts with ``image``
+        and optionally ``index``) and cache it. Returns True when it came from the cache. A no-op when
+        no metric needs real images. Collective under DDP (each rank passes its own batches)."""
+        if not self.needs_reference:
+            return True
+        key = self.reference_key(dataset, split, resolution)
+        if self.load_reference(key):
+            log.info("Reference statistics loaded from %s", self.reference_path(key))
+            return True
+        self._real.clear()
+        self._arrived["real"] = 0
+        for b in batches:
+            x, index = (b["image"], b.get("index")) if isinstance(b, dict) else (b, None)
+            self.update_real(x if device is None else x.to(device), index)
+            if (index is None and self.reference_samples is not None
+                    and int(positions_to_indices(self._arrived["real"], 1)[0]) >= self.reference_samples):
+                break
+        path = self.save_reference(key)
+        log.info("Reference statistics saved to %s", path)
+        return False

@@ -34,8 +34,7 @@ rank computes the same numbers as a single process over the same samples (see :m
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -49,15 +48,8 @@ from mmexp.metrics.distributed import (
     positions_to_indices,
 )
 from mmexp.metrics.generation import compare_features, inception_score
-from mmexp.metrics.inception import (
-    EXTRACTOR_NAME,
-    INPUT_CONVERSION,
-    RESIZE,
-    InceptionV3Features,
-    InceptionWeights,
-    resolve_inception_weights,
-    to_uint8,
-)
+from mmexp.metrics.inception import EXTRACTOR_NAME, RESIZE, InceptionWeights
+from mmexp.metrics.networks import MetricNetworks
 from mmexp.metrics.protocol import (  # noqa: F401 - re-exported: the suite's names
     FEATURE_METRICS,
     GENERATED,
@@ -69,11 +61,12 @@ from mmexp.metrics.protocol import (  # noqa: F401 - re-exported: the suite's na
     parse_metrics,
     result_name,
 )
-from mmexp.metrics.restoration import PerceptualDistance, prepare, psnr_per_image, ssim_per_image
+from mmexp.metrics.reference import ReferenceStatistics
+from mmexp.metrics.restoration import prepare, psnr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
 
-class MetricSuite(nn.Module):
+class MetricSuite(ReferenceStatistics, nn.Module):
     """A named metric protocol. See the module docstring.
 
     Args:
@@ -155,8 +148,8 @@ class MetricSuite(nn.Module):
         self.channels_last = bool(channels_last)
         self.description = description
         # networks live outside the module tree: never in a state_dict, loaded on first use
-        self._nets: dict = {}
-        self._weights: InceptionWeights | None = None
+        self._nets = MetricNetworks(weights_path, allow_download, self.perceptual, perceptual_net,
+                                    self.channels_last, self.batch_size)
         self._store = refcache.ReferenceStore(refstats_dir)
         self._last_counts: dict[str, int] = {}
         self._warned_is = False
@@ -189,14 +182,6 @@ class MetricSuite(nn.Module):
         return self.needs_reference and self._store.tensors is None
 
     @property
-    def has_reference(self) -> bool:
-        return self._store.tensors is not None
-
-    @property
-    def reference_key_in_use(self) -> str | None:
-        return self._store.key
-
-    @property
     def fake_kind(self) -> str | None:
         """``generated`` or ``reconstructions``: what this rank was fed since :meth:`reset` (after
         :meth:`compute`, what any rank was fed), or None."""
@@ -223,48 +208,17 @@ class MetricSuite(nn.Module):
         """Sample counts of the last :meth:`compute` (over all ranks)."""
         return dict(self._last_counts)
 
-    # ------------------------------------------------------------------ networks (lazy)
+    # ------------------------------------------------------------------ networks (lazy, see MetricNetworks)
     def inception_weights(self) -> InceptionWeights:
-        if self._weights is None:
-            self._weights = resolve_inception_weights(self.weights_path, self.allow_download)
-        return self._weights
-
-    def _net(self, name: str, device: torch.device) -> nn.Module:
-        net = self._nets.get(name)
-        if net is None:
-            if name == "inception":
-                net = InceptionV3Features.from_weights(self.inception_weights())
-                net.channels_last = self.channels_last
-                if self.channels_last:
-                    net = net.to(memory_format=torch.channels_last)
-            else:
-                net = PerceptualDistance(self.perceptual, self.perceptual_net)
-            self._nets[name] = net
-        if next(net.parameters()).device != device:
-            net = net.to(device)
-            self._nets[name] = net
-        return net
+        return self._nets.inception_weights()
 
     @property
     def perceptual_name(self) -> str | None:
         """``lpips`` or ``st_lpips`` (what the ``lpips`` entry will be reported as), None if not requested."""
-        if not any(m in ("lpips", "st_lpips") for m in self.metrics):
-            return None
-        if "perceptual" in self._nets:
-            return self._nets["perceptual"].name
-        if self.perceptual == "auto":
-            from mmexp.metrics.restoration import lpips_available
-
-            return "lpips" if lpips_available(self.perceptual_net) else "st_lpips"
-        return self.perceptual
+        return self._nets.perceptual_name(self.metrics)
 
     def perceptual_identity(self) -> dict | None:
-        name = self.perceptual_name
-        if name is None:
-            return None
-        if "perceptual" in self._nets:
-            return self._nets["perceptual"].identity()
-        return {"name": name, "net": self.perceptual_net}
+        return self._nets.perceptual_identity(self.metrics)
 
     # ------------------------------------------------------------------ state
     def reset(self, keep_real: bool = False) -> None:
@@ -278,21 +232,7 @@ class MetricSuite(nn.Module):
             self._real.clear()
             self._arrived["real"] = 0
 
-    def clear_reference(self) -> None:
-        self._store.clear()
-
     # ------------------------------------------------------------------ updates
-    @torch.inference_mode()
-    def _features(self, x: torch.Tensor, want_logits: bool):
-        net = self._net("inception", x.device)
-        feats, logits = [], []
-        for chunk in x.split(self.batch_size):
-            f, lg = net(to_uint8(chunk), logits=want_logits)
-            feats.append(f)
-            if lg is not None:
-                logits.append(lg)
-        return torch.cat(feats), (torch.cat(logits) if logits else None)
-
     def _indices(self, kind: str, indices, n: int) -> torch.Tensor:
         if indices is None:
             index = positions_to_indices(self._arrived[kind], n)
@@ -331,7 +271,7 @@ class MetricSuite(nn.Module):
         x, index = self._within(x, self._indices("fake", indices, x.shape[0]), self.num_samples)
         if not index.numel():
             return
-        f, lg = self._features(x, want_logits="is" in self.metrics)
+        f, lg = self._nets.features(x, want_logits="is" in self.metrics)
         self._fake.add(index, features=f, **({"logits": lg} if lg is not None else {}))
 
     def update_real(self, x: torch.Tensor, indices: torch.Tensor | Sequence[int] | None = None) -> None:
@@ -340,7 +280,7 @@ class MetricSuite(nn.Module):
             return
         x, index = self._within(x, self._indices("real", indices, x.shape[0]), self.reference_samples)
         if index.numel():
-            self._real.add(index, features=self._features(x, want_logits=False)[0])
+            self._real.add(index, features=self._nets.features(x, want_logits=False)[0])
 
     @torch.inference_mode()
     def update_pair(self, pred: torch.Tensor, target: torch.Tensor,
@@ -360,9 +300,7 @@ class MetricSuite(nn.Module):
             if "ssim" in self.metrics:
                 values["ssim"] = ssim_per_image(p, t)
         if "lpips" in self.metrics or "st_lpips" in self.metrics:
-            net = self._net("perceptual", pred.device)
-            values["perceptual"] = torch.cat(
-                [net(a, b) for a, b in zip(pred.split(self.batch_size), target.split(self.batch_size))])
+            values["perceptual"] = self._nets.perceptual_distance(pred, target)
         self._pairs.add(index, **values)
 
     # ------------------------------------------------------------------ across ranks
@@ -443,77 +381,6 @@ class MetricSuite(nn.Module):
     def protocol(self) -> dict:
         """The protocol that travels with every number (JSON-serialisable, see :mod:`.protocol`)."""
         return describe(self)
-
-    # ------------------------------------------------------------------ reference statistics (see ReferenceStore)
-    @property
-    def refstats_dir(self) -> Path | None:
-        return self._store.directory
-
-    def reference_fields(self, dataset: str, split: str | None = None, resolution=None, **extra) -> dict:
-        """What determines the real statistics (``extra``: e.g. a content fingerprint of the files)."""
-        return {
-            "dataset": str(dataset),
-            "split": str(split if split is not None else self.reference_split),
-            "resolution": resolution if not isinstance(resolution, (tuple, list)) else list(resolution),
-            "protocol": self.name,
-            "reference_samples": self.reference_samples,
-            "features": any(m in ("kid", "pr") for m in self.metrics),
-            "extractor": self.feature_extractor,
-            "weights_sha256": self.inception_weights().identity()["sha256"],
-            "resize": self.resize,
-            "input_conversion": INPUT_CONVERSION,
-            **{k: v for k, v in sorted(extra.items())},
-        }
-
-    def reference_key(self, dataset: str, split: str | None = None, resolution=None, **extra) -> str:
-        """Cache key of the real statistics for (dataset, split, resolution, protocol, weights...)."""
-        return self._store.register(self.reference_fields(dataset, split, resolution, **extra))
-
-    def reference_path(self, key: str) -> Path:
-        return self._store.path(key)
-
-    def load_reference(self, key: str) -> bool:
-        """Load cached real statistics; False (and none loaded, not even an earlier one) when missing,
-        stale or corrupt. Collective under DDP."""
-        return self._store.load(key)
-
-    @torch.inference_mode()
-    def save_reference(self, key: str) -> Path | None:
-        """Save the statistics of the real features fed with ``update_real`` (every rank's) under
-        ``key`` and use them; collective under DDP (rank 0 writes). None (with a warning) when no
-        real image arrived on any rank."""
-        self._store.fields(key)
-        real = self._real.gather()[1].get("features")
-        if real is None or not real.shape[0]:
-            log.warning("no real images were fed: reference statistics %s not saved", key)
-            return None
-        path = self._store.save(key, real)
-        self._real.clear()
-        self._arrived["real"] = 0
-        return path
-
-    def ensure_reference(self, batches: Iterable, dataset: str, split: str | None = None, resolution=None,
-                         device: torch.device | str | None = None) -> bool:
-        """Load the cached reference, or compute it from ``batches`` (tensors or dicts with ``image``
-        and optionally ``index``) and cache it. Returns True when it came from the cache. A no-op when
-        no metric needs real images. Collective under DDP (each rank passes its own batches)."""
-        if not self.needs_reference:
-            return True
-        key = self.reference_key(dataset, split, resolution)
-        if self.load_reference(key):
-            log.info("Reference statistics loaded from %s", self.reference_path(key))
-            return True
-        self._real.clear()
-        self._arrived["real"] = 0
-        for b in batches:
-            x, index = (b["image"], b.get("index")) if isinstance(b, dict) else (b, None)
-            self.update_real(x if device is None else x.to(device), index)
-            if (index is None and self.reference_samples is not None
-                    and int(positions_to_indices(self._arrived["real"], 1)[0]) >= self.reference_samples):
-                break
-        path = self.save_reference(key)
-        log.info("Reference statistics saved to %s", path)
-        return False
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, metrics={list(self.metrics)}"

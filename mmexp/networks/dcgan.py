@@ -11,6 +11,13 @@ convolutions (3 resp. 4 times). 28 px (MNIST-style) starts from a **7x7** map in
 every layer further from the image doubles it.
 
 Weights use the DCGAN init: conv weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02), biases 0.
+
+Two generator options go beyond the paper (both off by default, both on in the default run): resize +
+3x3 convolution in place of stride-2 transposed convolutions (Odena, Dumoulin & Olah, "Deconvolution
+and Checkerboard Artifacts", Distill 2016), and a full-resolution layer before the output convolution,
+so that the last feature map already has the image's size: sharp object edges (the shapes dataset's
+whole content) need features at full resolution, which the paper's generator only reaches in its
+output layer.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmexp.errors import ShapeMismatchError
+from mmexp.errors import ConfigError, ShapeMismatchError
 
 #: image size -> side of the first (generator) / last (discriminator) feature map
 SUPPORTED_SIZES: dict[int, int] = {28: 7, 32: 4, 64: 4}
+UPSAMPLE = ("transposed", "nearest")
 
 
 def _num_stages(image_size: int, who: str) -> tuple[int, int]:
@@ -57,24 +65,41 @@ class DCGANGenerator(nn.Module):
             Default: 64.
         base_channels (int): channels of the last hidden layer; earlier layers double it.
             Default: 64.
+        upsample (str): ``transposed`` (the paper: 4x4 stride-2 transposed convolutions) or
+            ``nearest`` (nearest-neighbour x2 then a 3x3 convolution: no checkerboard artifacts).
+            Default: ``transposed``.
+        full_res_layer (bool): one more conv-BN-ReLU layer at the output resolution (``base_channels``
+            wide) before the output convolution. Default: False.
 
     Input ``z`` is ``[B, latent_dim]`` (or ``[B, latent_dim, 1, 1]``); output ``[B, C, H, W]``.
     """
 
     def __init__(self, latent_dim: int = 100, channels: int = 3, image_size: int = 64,
-                 base_channels: int = 64) -> None:
+                 base_channels: int = 64, upsample: str = "transposed", full_res_layer: bool = False) -> None:
         super().__init__()
+        if upsample not in UPSAMPLE:
+            raise ConfigError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {upsample!r}")
         self.latent_dim, self.channels, self.image_size = latent_dim, channels, image_size
         start, stages = _num_stages(image_size, type(self).__name__)
+
+        def up(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
+            if upsample == "transposed":
+                return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]
+            return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
+
         ch = base_channels * 2 ** (stages - 1)
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(latent_dim, ch, start, 1, 0, bias=False),
             nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(stages - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [*up(ch, ch // 2, False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
             ch //= 2
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        if full_res_layer:
+            layers += [*up(ch, ch, False), nn.BatchNorm2d(ch), nn.ReLU(True),
+                       nn.Conv2d(ch, channels, 3, 1, 1)]
+        else:
+            layers += [*up(ch, channels, upsample != "transposed")]
+        layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
