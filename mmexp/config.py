@@ -36,8 +36,11 @@ def build(cfg: Any, **kwargs: Any) -> Any:
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as err:
+        # Hydra's own wrappers, and the ImportError it raises around an error met while importing a _target_'s
+        # module (a missing optional package: MissingDependencyError)
         cause = err.__cause__
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        while isinstance(cause, (InstantiationException, ImportError)) and not isinstance(cause, MMExpError) \
+                and cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, MMExpError):
             raise cause from None

@@ -99,7 +99,7 @@ class Pipeline:
                  seed: int = 0, batch_size: int = 64, **sampler: Any) -> torch.Tensor:
         """``n`` images per prompt (and/or label), ``[P * n, C, H, W]`` in [-1, 1], prompt-major: rows
         ``p * n .. p * n + n - 1`` belong to prompt ``p``. Without prompts and labels: ``n`` images (a
-        conditional model's unconditional samples). ``guidance`` and ``**sampler`` (``steps``, ``scheduler``,
+        conditional model's unconditional samples). ``guidance`` and ``**sampler`` (``steps``, ``kind``,
         ``top_k``, ``top_p``, ``temperature``...) override the model's defaults."""
         if isinstance(prompts, str):
             prompts = [prompts]

@@ -155,6 +155,12 @@ TINY = {
               "model.quantizer.code_dim=8"],
     "vq_prior": ["model.transformer.dim=32", "model.transformer.depth=1", "model.transformer.heads=2",
                  "model.conditioner.dim=32", "model.num_per_prompt=2", "model.num_preview_rows=2"],
+    # a two-level U-Net (16 and 8 px at 16 px), cross-attention at 8 px; small grids
+    "diffusion": ["model.denoiser.block_out_channels=[32,64]",
+                  "model.denoiser.down_block_types=[DownBlock2D,CrossAttnDownBlock2D]",
+                  "model.denoiser.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "model.denoiser.attention_head_dim=2",
+                  "model.conditioner.dim=16", "model.sampler.steps=2", "model.num_per_prompt=2",
+                  "model.num_preview_rows=2"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 

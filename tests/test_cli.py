@@ -19,7 +19,7 @@ def test_help_lists_groups_and_options(tmp_path):
         assert text in out, out
     # every model config is listed (a model added later only lengthens the line)
     models = next(line for line in out.splitlines() if line.strip().startswith("model:"))
-    assert {"dcgan", "vae", "vqvae", "vq_prior"} <= {m.strip() for m in models.split(":", 1)[1].split(",")}, models
+    assert {"dcgan", "sngan", "diffusion", "vae", "vqvae", "vq_prior"} <= {m.strip() for m in models.split(":", 1)[1].split(",")}, models
     for dataset in ("shapes", "digits", "fashion_mnist", "celeba", "folder"):
         assert dataset in out
 

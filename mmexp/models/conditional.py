@@ -35,7 +35,7 @@ class ConditionalModule(GenerativeModule):
             ``conf/text_encoder/``); its ``required_keys`` become the model's.
         guidance (float): default classifier-free guidance scale (Ho & Salimans 2022) of :meth:`generate_conditional`;
             1: the plain conditional model (no unconditional pass). Models without guidance ignore it. Default: 1.0.
-        sampler (dict | None): default keyword arguments of :meth:`sample` (e.g. ``steps``, ``scheduler``,
+        sampler (dict | None): default keyword arguments of :meth:`sample` (e.g. ``steps``, ``kind``,
             ``top_k``); a call's own keywords win. Default: None.
         preview_prompts (Sequence[str] | None): fixed captions of the sample grids (one row each); default: the
             first distinct captions of the first validation batch. Default: None.
