@@ -46,3 +46,7 @@ class UnknownWordError(ConfigError):
 
 class MissingDependencyError(MMExpError, ImportError):
     """An optional Python package is not installed; the message names the ``pip install`` that adds it."""
+
+
+class CaptionParseError(ConfigError):
+    """A caption does not follow the grammar its reader expects (e.g. a shapes caption); names it and the grammar."""
