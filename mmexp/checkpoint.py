@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "mmexp"
 
-#: 1: before the ``loss`` group, RNG states with NumPy arrays (no ``schema`` key);
-#: 2: RNG states as tensors/lists, ``schema`` recorded.
-SCHEMA_VERSION = 2
+#: 1: RNG states with NumPy arrays (no ``schema`` key); 2: RNG states as tensors/lists, ``schema`` recorded;
+#: 3: losses in the ``loss`` group (``model.loss`` a LossSet; no ``model.beta``/``likelihood``/``quantizer.beta``),
+#: VQ-VAE scored as ``rfid`` (reconstruction FID).
+SCHEMA_VERSION = 3
 
 
 # ---------------------------------------------------------------------------------------- RNG states
@@ -124,8 +125,60 @@ def _to_schema_2(ckpt: dict) -> list[str]:
     return changes
 
 
+def _term(target: str, weight: float = 1.0) -> dict:
+    return {"_target_": target, "weight": float(weight)}
+
+
+def _to_schema_3(ckpt: dict) -> list[str]:
+    """The stored run config from losses inside model configs to the ``loss`` group, and ``val/fid`` of a VQ-VAE
+    to ``val/rfid``: so ``task=eval|sample|generate`` and resumed runs rebuild the model from an older checkpoint.
+    The weights are unchanged (no loss held state)."""
+    config = (ckpt.get(CHECKPOINT_KEY) or {}).get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return []
+    model, changes = config["model"], []
+    target = str(model.get("_target_", ""))
+    loss = None
+    if target.endswith("models.gan.GAN") and isinstance(model.get("loss"), dict) and "kind" in model["loss"]:
+        kind = model["loss"]["kind"]
+        adversarial = {"bce": "NonSaturatingLoss", "hinge": "HingeLoss"}.get(kind)
+        if adversarial is None:
+            raise CheckpointError(f"cannot migrate a GAN loss of kind {kind!r} (known: bce, hinge)")
+        loss = {"_target_": "mmexp.losses.LossSet",
+                "terms": {"adversarial": _term(f"mmexp.losses.adversarial.{adversarial}")}}
+        changes.append(f"GAN loss kind={kind} -> loss group ({adversarial})")
+    elif target.endswith("models.vae.VAE") and ("beta" in model or "likelihood" in model):
+        likelihood = model.pop("likelihood", "gaussian")
+        beta = model.pop("beta", 1.0)
+        nll = {"gaussian": "GaussianNLL", "bernoulli": "BernoulliNLL"}[likelihood]
+        loss = {"_target_": "mmexp.losses.LossSet",
+                "terms": {"recon": _term(f"mmexp.losses.likelihood.{nll}"),
+                          "kl": _term("mmexp.losses.kl.GaussianKL", beta)}}
+        changes.append(f"VAE likelihood={likelihood}, beta={beta} -> loss group")
+    elif target.endswith("models.vqvae.VQVAE") and "beta" in (model.get("quantizer") or {}):
+        beta = model["quantizer"].pop("beta")
+        loss = {"_target_": "mmexp.losses.LossSet",
+                "terms": {"recon": _term("mmexp.losses.reconstruction.MSELoss"),
+                          "commitment": _term("mmexp.losses.vq.CommitmentLoss", beta),
+                          "codebook": _term("mmexp.losses.vq.CodebookLoss")}}
+        changes.append(f"VQ-VAE quantizer.beta={beta} -> loss group (commitment weight)")
+    if loss is not None:
+        model["loss"] = loss
+        config["loss"] = loss
+    if target.endswith("models.vqvae.VQVAE"):
+        for key in ("monitor", "optimized_metric"):
+            node = config.get(key)
+            if isinstance(node, dict) and node.get("metric") in ("val/fid", "val/kid_mean"):
+                node["metric"] = node["metric"].replace("val/", "val/r")
+                changes.append(f"{key}.metric -> {node['metric']}")
+            elif node in ("val/fid", "val/kid_mean"):
+                config[key] = node.replace("val/", "val/r")
+                changes.append(f"{key} -> {config[key]}")
+    return changes
+
+
 #: schema N -> function migrating a checkpoint dict from N to N + 1 in place, returning what it changed
-MIGRATIONS: dict[int, Callable[[dict], list[str]]] = {1: _to_schema_2}
+MIGRATIONS: dict[int, Callable[[dict], list[str]]] = {1: _to_schema_2, 2: _to_schema_3}
 
 
 def migrate(ckpt: dict, path: str = "<checkpoint>") -> dict:

@@ -13,11 +13,11 @@ import os
 import lightning.pytorch as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from mmexp.callbacks import AtomicCheckpointIO, ValidationMetrics
-from mmexp.checkpoint import CHECKPOINT_KEY, load_checkpoint
+from mmexp.pipeline import rebuild
 from mmexp.grids import to_unit
 from mmexp.errors import ConfigError
 from mmexp.config import build, data_identity, stable_hash
@@ -35,24 +35,12 @@ def _command_line_overrides(prefix: str) -> list[str]:
 
 
 def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, DictConfig]:
-    """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config."""
+    """Model (with the checkpoint's weights) and datamodule, both from the checkpoint's own config; ``data.*``
+    overrides from this command line win (the dataset may live elsewhere now)."""
     if not cfg.get("ckpt_path"):
         raise ConfigError(f"task={cfg.task} needs ckpt_path=PATH (a checkpoint written by task=train)")
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    stored = (ckpt.get(CHECKPOINT_KEY) or {}).get("config")
-    if stored is None:
-        raise ConfigError(f"{cfg.ckpt_path} holds no mmexp config (not written by python -m mmexp task=train)")
-    train_cfg = OmegaConf.create(stored)
-    # the dataset may live elsewhere now: data.* overrides from this command line win
-    overrides = _command_line_overrides("data.")
-    if overrides:
-        train_cfg = OmegaConf.merge(train_cfg, OmegaConf.from_dotlist([o.lstrip("+~") for o in overrides]))
-    model = build(train_cfg.model)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    datamodule = build(train_cfg.data)
-    log.info("loaded %s (step %s) from %s", type(model).__name__, ckpt.get("global_step"), cfg.ckpt_path)
-    return model, datamodule, train_cfg
+    model, train_cfg, _ = rebuild(cfg.ckpt_path, _command_line_overrides("data."))
+    return model, build(train_cfg.data), train_cfg
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -174,8 +174,12 @@ def main(cfg: DictConfig) -> float | None:
         from mmexp import evaluate
 
         metrics = evaluate.evaluate(cfg) if cfg.task == "eval" else evaluate.sample(cfg)
+    elif cfg.task == "generate":
+        from mmexp.generate import generate
+
+        metrics = generate(cfg)
     else:
-        raise ConfigError(f"unknown task={cfg.task!r}; choose one of: train, eval, sample")
+        raise ConfigError(f"unknown task={cfg.task!r}; choose one of: train, eval, sample, generate")
 
     name = cfg.get("optimized_metric")
     if not name or cfg.task != "train":

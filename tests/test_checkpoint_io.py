@@ -126,3 +126,46 @@ def test_a_schema_1_checkpoint_is_migrated_on_load_and_resumes(tmp_path, caplog)
     train(resumed)
     assert torch.load(os.path.join(resumed.paths.output_dir, "checkpoints", "last.ckpt"),
                       weights_only=True)["global_step"] == 8
+
+
+LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy")
+
+
+@pytest.mark.parametrize("name,terms", [
+    ("dcgan", {"adversarial": ("HingeLoss", 1.0)}),
+    ("vae", {"recon": ("BernoulliNLL", 1.0), "kl": ("GaussianKL", 4.0)}),
+    ("vqvae", {"recon": ("MSELoss", 1.0), "commitment": ("CommitmentLoss", 0.5), "codebook": ("CodebookLoss", 1.0)}),
+])
+def test_checkpoints_of_the_previous_schema_rebuild_their_models_with_their_losses(tmp_path, caplog, name, terms):
+    """Real checkpoints written before the loss group (tests/data/legacy): migrated on load with a message, the
+    model rebuilt from the checkpoint alone has the losses it was trained with, and samples."""
+    import shutil
+
+    from mmexp.evaluate import load_trained, sample
+    from tests.conftest import compose_cfg
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(os.path.join(LEGACY, f"{name}-schema1.ckpt"), ckpt)
+    cfg = compose_cfg(tmp_path / "sample", "task=sample", f"ckpt_path={ckpt}", "n=4", "trainer=cpu")
+    with caplog.at_level("WARNING"):
+        model, _, train_cfg = load_trained(cfg)
+    assert "migrated to schema" in caplog.text and "loss group" in caplog.text
+    got = {k: (type(t).__name__, t.weight) for k, t in model.loss.terms.items()}
+    assert got == terms
+    if name == "vqvae":
+        assert train_cfg.monitor.metric == "val/rfid"
+    sample(cfg)
+    assert len(list((tmp_path / "sample" / "run" / "samples" / "images").glob("*.png"))) == 4
+
+
+def test_training_resumes_from_a_checkpoint_of_the_previous_schema(tmp_path):
+    from mmexp.train import train
+    from tests.conftest import FAST, SMALL_SHAPES, TINY, compose_cfg
+
+    cfg = compose_cfg(tmp_path, *FAST, *TINY["dcgan"], *SMALL_SHAPES, "loss=gan_hinge", "data.batch_size=8",
+                      "metrics=none", "logger=none", "trainer.max_steps=8", "trainer.limit_val_batches=0",
+                      f"ckpt_path={os.path.join(LEGACY, 'dcgan-schema1.ckpt')}")
+    train(cfg)
+    out = torch.load(os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    assert out["global_step"] == 8 and out["mmexp"]["schema"] >= 3

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmexp.callbacks.samples import to_unit
+from mmexp.grids import to_unit
+from mmexp.errors import ConfigError
 from mmexp.evaluate import evaluate, load_trained, sample
 from mmexp.train import train
 from tests.conftest import FAST, SMALL_SHAPES, TINY, compose_cfg, run_cli
@@ -110,3 +111,44 @@ def test_eval_of_vqvae_is_rfid_of_reconstructions(tmp_path, trained):
     assert saved["protocol/counts/num_fake"] == 16  # no top-up: reconstructions of the 16 test images
     assert compose_cfg(tmp_path, "model=vqvae").callbacks.best_checkpoint.monitor == "val/rfid"
     assert compose_cfg(tmp_path, "model=vqvae").optimized_metric == "val/rfid"
+
+
+def test_load_gives_a_pipeline_whose_images_depend_on_their_seed_only(trained):
+    import mmexp
+
+    pipe = mmexp.load(trained["dcgan"], device="cpu")
+    four = pipe.generate(n=4, seed=10)
+    assert four.shape == (4, 3, 32, 32) and four.min() >= -1 and four.max() <= 1
+    assert torch.equal(pipe.generate(n=1, seed=12)[0], four[2]), "image j of a call is drawn with seed + j"
+    with pytest.raises(ConfigError, match="not conditional"):
+        pipe.generate("a small red circle on a black background")
+
+
+def test_generate_task_writes_a_folder_dataset_and_a_grid_beside_it(tmp_path, trained):
+    from mmexp.generate import generate
+
+    cfg = compose_cfg(tmp_path, "task=generate", f"ckpt_path={trained['dcgan']}", "n=5", "seed=3", "trainer=cpu")
+    generate(cfg)
+    run = Path(cfg.paths.output_dir)
+    files = sorted((run / "generated").glob("*.png"))
+    assert len(files) == 5 and (run / "grid.png").is_file() and not (run / "generated" / "grid.png").exists()
+    records = [json.loads(line) for line in (run / "generated" / "captions.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in records] == [f.name for f in files]
+    import mmexp
+
+    expected = mmexp.load(trained["dcgan"], device="cpu").generate(n=5, seed=3)
+    written = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32)).permute(2, 0, 1) / 255
+                           for f in files])
+    assert (written - (expected + 1) / 2).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_generate_refuses_bad_input_and_writes_nothing(tmp_path, trained):
+    from mmexp.generate import generate
+
+    cfg = compose_cfg(tmp_path, "task=generate", f"ckpt_path={trained['dcgan']}", "prompts=/nonexistent.txt")
+    with pytest.raises(ConfigError, match="no such file"):
+        generate(cfg)
+    cfg = compose_cfg(tmp_path, "task=generate", f"ckpt_path={trained['dcgan']}", "prompt=a red circle")
+    with pytest.raises(ConfigError, match="not conditional"):
+        generate(cfg)
+    assert not (Path(cfg.paths.output_dir) / "generated").exists()

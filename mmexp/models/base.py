@@ -20,7 +20,9 @@ def skips_on_device(optimizer: Any) -> bool:
     """Whether ``optimizer`` can skip an update on the device from a ``found_inf`` tensor (fused Adam,
     AdamW, SGD: ``_step_supports_amp_scaling``)."""
     opt = getattr(optimizer, "optimizer", optimizer)
-    return bool(getattr(opt, "_step_supports_amp_scaling", False))
+    # the flag is set at construction; a param group's "fused" can change after (a resumed optimizer state)
+    return bool(getattr(opt, "_step_supports_amp_scaling", False)) and \
+        all(group.get("fused") for group in getattr(opt, "param_groups", [{}]))
 
 
 @contextlib.contextmanager

@@ -110,9 +110,16 @@ class ConditionalModule(GenerativeModule):
         return self.conditioner(caption, label, batch_size=batch_size)
 
     def sample_generators(self, n: int, indices: Sequence[int] | torch.Tensor | None = None, seed: int | None = None,
-                          generator: torch.Generator | None = None) -> list[torch.Generator]:
-        """One CPU generator per image: from ``(seed, indices[i])`` when indices are given, else seeded by draws
-        from ``generator`` (or the global RNG)."""
+                          generator: torch.Generator | None = None,
+                          seeds: Sequence[int] | None = None) -> list[torch.Generator]:
+        """One CPU generator per image: from ``seeds[i]`` (one seed per image, ``task=generate``), from
+        ``(seed, indices[i])`` when indices are given (validation), else seeded by draws from ``generator`` (or the
+        global RNG)."""
+        if seeds is not None:
+            seeds = list(seeds)
+            if len(seeds) != n:
+                raise ConfigError(f"{len(seeds)} seeds for {n} images")
+            return [torch.Generator().manual_seed(derive_seed(int(s), GENERATION_STREAM, 0)) for s in seeds]
         if indices is not None:
             seed = self.sample_seed if seed is None else int(seed)
             keys = torch.as_tensor(indices).reshape(-1).tolist()
@@ -146,11 +153,12 @@ class ConditionalModule(GenerativeModule):
     def generate_conditional(self, caption: Sequence[str] | None = None,
                              label: torch.Tensor | Sequence[int] | None = None, *, n: int | None = None,
                              indices: Sequence[int] | torch.Tensor | None = None, seed: int | None = None,
-                             generator: torch.Generator | None = None, guidance: float | None = None,
-                             batch_size: int = 64, **sampler: Any) -> torch.Tensor:
+                             generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
+                             guidance: float | None = None, batch_size: int = 64, **sampler: Any) -> torch.Tensor:
         """One image per caption / label (``n`` unconditional images when neither is given), ``[B, C, H, W]`` in
-        [-1, 1]. ``indices`` (+ ``seed``) make image ``i`` depend only on ``(seed, indices[i])``; ``guidance`` and
-        ``**sampler`` override the model's defaults. Drawn ``batch_size`` at a time, in eval mode."""
+        [-1, 1]. ``indices`` (+ ``seed``) make image ``i`` depend only on ``(seed, indices[i])``, ``seeds`` on
+        ``seeds[i]`` alone; ``guidance`` and ``**sampler`` override the model's defaults. Drawn ``batch_size`` at
+        a time, in eval mode."""
         sizes = {len(caption) if caption is not None else None, len(label) if label is not None else None,
                  n if n is not None else None} - {None}
         if len(sizes) != 1:
@@ -158,7 +166,7 @@ class ConditionalModule(GenerativeModule):
         b = sizes.pop()
         guidance = self.guidance if guidance is None else float(guidance)
         options = {**self.sampler_defaults, **sampler}
-        generators = self.sample_generators(b, indices, seed, generator)
+        generators = self.sample_generators(b, indices, seed, generator, seeds)
         out = []
         with eval_mode(*self.sampling_modules()):
             for start in range(0, b, batch_size):
