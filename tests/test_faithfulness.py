@@ -78,3 +78,121 @@ def test_caption_parser_round_trips_and_rejects():
     assert caption_for(ds.scene(0)) == ds.caption(0)
     with pytest.raises(CaptionParseError, match="a photo of a dog"):
         parse_caption("a photo of a dog")
+
+
+# -- the attribute reader and caption accuracy ---------------------------------------------------------
+# A reader small enough to train in seconds on a loaded CPU; the metrics=t2i reader trains longer (see README).
+TINY_READER = dict(num_train=384, pixel_steps=300, batch_size=2048, head_steps=600, width=16)
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory):
+    from mmexp.metrics.faithfulness import AttributeReader
+
+    r = AttributeReader(cache_dir=str(tmp_path_factory.mktemp("reader")), **TINY_READER)
+    r.net()
+    return r
+
+
+@pytest.fixture(scope="module")
+def real_val():
+    """Real shapes images the reader never saw (another seed and split), their captions and labels."""
+    import torch
+
+    ds = ShapesDataset("val", num_val=160, seed=77)
+    store = ds.rendered()
+    images = torch.from_numpy(store["images"]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return images, [str(c) for c in store["captions"]], torch.from_numpy(store["labels"])
+
+
+def _shuffled(captions):
+    import random
+
+    out = list(captions)
+    random.Random(0).shuffle(out)
+    return out
+
+
+def test_reader_scores_real_images_high_and_shuffled_captions_low(reader, real_val):
+    from mmexp.metrics.faithfulness import caption_checks, label_checks, summarize
+
+    images, captions, labels = real_val
+    reading = reader.read(images)
+    real = summarize(caption_checks(reading, captions))
+    shuffled = summarize(caption_checks(reading, _shuffled(captions)))
+    print("real", real, "\nshuffled", shuffled)
+    # ceiling: the (tiny) reader reads real images almost perfectly
+    for check in ("caption_background", "caption_color", "caption_count"):
+        assert real[check] >= 0.95, (check, real)
+    for check in ("caption_shape", "caption_size", "caption_relation"):
+        assert real[check] >= 0.85, (check, real)
+    assert real["caption_all"] >= 0.6, real
+    # floor: the same images against other images' captions
+    assert shuffled["caption_all"] <= 0.05, shuffled
+    assert shuffled["caption_color"] <= real["caption_color"] - 0.3
+    assert label_checks(reading, labels, captions).mean() >= 0.85
+    assert label_checks(reading, labels.roll(1), captions).mean() <= 0.5
+
+
+def test_reader_is_cached_by_its_config(reader, real_val):
+    import torch
+
+    from mmexp.metrics.faithfulness import AttributeReader
+
+    assert reader.path.is_file()
+    again = AttributeReader(cache_dir=reader.cache_dir, **TINY_READER)
+    assert again.path == reader.path
+    x = real_val[0][:8]
+    torch.testing.assert_close(again.net()(x)["shape"], reader.net()(x)["shape"])  # loaded, not retrained
+    other = AttributeReader(cache_dir=reader.cache_dir, **{**TINY_READER, "seed": 5})
+    assert other.key != reader.key and not other.path.is_file()
+
+
+def test_suite_scores_captions_and_labels_through_the_callback(reader, real_val):
+    from mmexp.callbacks import ValidationMetrics
+    from mmexp.metrics import MetricSuite
+    from mmexp.metrics.faithfulness import caption_checks, summarize
+
+    images, captions, labels = real_val
+    suite = MetricSuite(metrics=["caption_acc", "label_acc"], num_samples=100, reference_samples=100,
+                        attribute_reader=reader)
+    callback = ValidationMetrics(suite)
+    callback._active = True
+    for start in range(0, 160, 64):  # validation batches: fakes = real images, with shuffled captions for half
+        sl = slice(start, start + 64)
+        caps = captions[sl] if start < 64 else _shuffled(captions[sl])
+        batch = {"index": __import__("torch").arange(start, min(start + 64, 160))}
+        callback._update({"real": images[sl], "fake": images[sl], "caption": caps, "label": labels[sl]}, batch)
+    results = suite.compute()
+    expected = summarize(caption_checks(reader.read(images[:100]), captions[:64] + _shuffled(captions[64:128])[:36]))
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value), key
+    assert results["real_caption_all"] == pytest.approx(summarize(caption_checks(reader.read(images[:100]),
+                                                                                 captions[:100]))["caption_all"])
+    assert results["real_caption_all"] > results["caption_all"] + 0.2
+    assert 0 < results["label_acc"] <= 1 and suite.last_counts["num_captioned"] == 100
+    protocol = suite.protocol
+    assert protocol["faithfulness"]["reader"]["key"] == reader.key and "caption_checks" in protocol["faithfulness"]
+
+
+def test_caption_accuracy_rejects_bad_input(reader, real_val):
+    from mmexp.errors import ConfigError as Bad
+    from mmexp.metrics import MetricSuite
+
+    suite = MetricSuite(metrics=["caption_acc"], attribute_reader=reader)
+    with pytest.raises(Bad, match="a photo of a dog"):
+        suite.update_conditional(real_val[0][:1], ["a photo of a dog"])
+    with pytest.raises(ConfigError, match="unknown metric 'caption'"):
+        MetricSuite(metrics=["caption"])
+
+
+def test_t2i_protocol_composes(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path, "metrics=t2i", "data=shapes", "data.dataset.holdout=[red circle]")
+    suite = instantiate(cfg.metrics)
+    assert suite.metrics == ("fid", "kid", "caption_acc", "label_acc") and suite.splits == ("val", "compositional")
+    assert suite.attribute_reader.cache_dir == str(cfg.paths.cache_dir)
+    assert instantiate(cfg.data).dataset("compositional").holdout == (("red", "circle"),)
