@@ -121,12 +121,13 @@ def test_reader_scores_real_images_high_and_shuffled_captions_low(reader, real_v
     real = summarize(caption_checks(reading, captions))
     shuffled = summarize(caption_checks(reading, _shuffled(captions)))
     print("real", real, "\nshuffled", shuffled)
-    # ceiling: the (tiny) reader reads real images almost perfectly
+    # ceiling: the (tiny) reader reads real images almost perfectly (measured: every check >= 0.989,
+    # caption_all 0.975 on these 160 images; shuffled: caption_all 0.006)
     for check in ("caption_background", "caption_color", "caption_count"):
-        assert real[check] >= 0.95, (check, real)
+        assert real[check] >= 0.97, (check, real)
     for check in ("caption_shape", "caption_size", "caption_relation"):
-        assert real[check] >= 0.85, (check, real)
-    assert real["caption_all"] >= 0.6, real
+        assert real[check] >= 0.95, (check, real)
+    assert real["caption_all"] >= 0.9, real
     # floor: the same images against other images' captions
     assert shuffled["caption_all"] <= 0.05, shuffled
     assert shuffled["caption_color"] <= real["caption_color"] - 0.3
@@ -149,6 +150,8 @@ def test_reader_is_cached_by_its_config(reader, real_val):
 
 
 def test_suite_scores_captions_and_labels_through_the_callback(reader, real_val):
+    import torch
+
     from mmexp.callbacks import ValidationMetrics
     from mmexp.metrics import MetricSuite
     from mmexp.metrics.faithfulness import caption_checks, summarize
@@ -158,17 +161,20 @@ def test_suite_scores_captions_and_labels_through_the_callback(reader, real_val)
                         attribute_reader=reader)
     callback = ValidationMetrics(suite)
     callback._active = True
-    for start in range(0, 160, 64):  # validation batches: fakes = real images, with shuffled captions for half
+    fakes = []
+    for start in range(0, 160, 64):
+        # fakes: the real images themselves in the first batch, then images that belong to other captions
         sl = slice(start, start + 64)
-        caps = captions[sl] if start < 64 else _shuffled(captions[sl])
-        batch = {"index": __import__("torch").arange(start, min(start + 64, 160))}
-        callback._update({"real": images[sl], "fake": images[sl], "caption": caps, "label": labels[sl]}, batch)
+        fake = images[sl] if start == 0 else images[sl].roll(1, 0)
+        fakes.append(fake)
+        batch = {"index": torch.arange(start, min(start + 64, 160))}
+        callback._update({"real": images[sl], "fake": fake, "caption": captions[sl], "label": labels[sl]}, batch)
     results = suite.compute()
-    expected = summarize(caption_checks(reader.read(images[:100]), captions[:64] + _shuffled(captions[64:128])[:36]))
+    expected = summarize(caption_checks(reader.read(torch.cat(fakes)[:100]), captions[:100]))
     for key, value in expected.items():
         assert results[key] == pytest.approx(value), key
-    assert results["real_caption_all"] == pytest.approx(summarize(caption_checks(reader.read(images[:100]),
-                                                                                 captions[:100]))["caption_all"])
+    ceiling = summarize(caption_checks(reader.read(images[:100]), captions[:100]))
+    assert results["real_caption_all"] == pytest.approx(ceiling["caption_all"])
     assert results["real_caption_all"] > results["caption_all"] + 0.2
     assert 0 < results["label_acc"] <= 1 and suite.last_counts["num_captioned"] == 100
     protocol = suite.protocol
