@@ -50,3 +50,7 @@ class MissingDependencyError(MMExpError, ImportError):
 
 class InputImageError(MMExpError, ValueError):
     """An image given to restore (or its mask or target) cannot be read; names the file and why."""
+
+
+class CaptionParseError(ConfigError):
+    """A caption does not follow the grammar its reader expects (e.g. a shapes caption); names it and the grammar."""

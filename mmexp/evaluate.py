@@ -102,27 +102,38 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("task=eval needs a metrics protocol, e.g. metrics=fid10k_test (metrics=none was given)")
     model, datamodule, train_cfg = load_trained(cfg)
     suite = build(cfg.metrics)
-    split = suite.reference_split or "test"
-    callback = ValidationMetrics(suite, prefix="eval", data_id=stable_hash(data_identity(train_cfg.data)),
-                                 split=split)
-    trainer: pl.Trainer = build(
-        cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
-    )
-    datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
-    # trainer.validate(dataloaders=...) runs no datamodule hooks: the loader applies the degradation itself
-    loader = datamodule.dataloader(split, batch_size=suite.batch_size, degrade=True)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(suite.seed))
-        trainer.validate(model, dataloaders=loader, verbose=False)
+    # a protocol may score several splits (metrics=t2i: val, then the compositional split); the first is
+    # reported as eval/<metric>, the others as eval_<split>/<metric>
+    splits = list(getattr(suite, "splits", ()) or (suite.reference_split or "test",))
+    metrics, protocol = {}, None
+    for i, split in enumerate(splits):
+        prefix = "eval" if i == 0 else f"eval_{split}"
+        callback = ValidationMetrics(suite, prefix=prefix, data_id=stable_hash(data_identity(train_cfg.data)),
+                                     split=split)
+        trainer: pl.Trainer = build(
+            cfg.trainer, callbacks=[callback], logger=False, plugins=[AtomicCheckpointIO()], max_epochs=1
+        )
+        datamodule.setup("validate" if split == "val" else ("test" if split == "test" else "fit"))
+        # trainer.validate(dataloaders=...) runs no datamodule hooks: the loader applies the degradation itself
+        loader = datamodule.dataloader(split, batch_size=suite.batch_size, degrade=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(int(suite.seed))
+            trainer.validate(model, dataloaders=loader, verbose=False)
+        metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith(f"{prefix}/")})
+        if protocol is None:
+            protocol = callback.protocol
+        elif protocol is not None and "counts" in (callback.protocol or {}):
+            protocol[f"counts_{split}"] = callback.protocol["counts"]
+    if protocol is not None and len(splits) > 1:
+        protocol["splits"] = splits
     # every rank holds the same numbers (the callback gathers all ranks' samples); one writes them
-    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
     if not trainer.is_global_zero:
         return {k: v for k, v in ((k, to_float(v)) for k, v in metrics.items()) if v is not None}
-    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, callback.protocol)
+    out = write_metrics_json(os.path.join(cfg.paths.output_dir, "metrics.json"), metrics, protocol)
     if cfg.get("ckpt_path"):  # and beside the evaluated run, so its results stay with it
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(cfg.ckpt_path)))
         os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-        write_metrics_json(os.path.join(run_dir, "eval", f"{suite.name}.json"), metrics, callback.protocol)
+        write_metrics_json(os.path.join(run_dir, "eval", f"{suite.name}.json"), metrics, protocol)
     for key, value in out.items():
         log.info("%s = %s", key, value)
     return {k: v for k, v in out.items() if isinstance(v, float)}

@@ -20,7 +20,8 @@ class ValidationMetrics(pl.Callback):
     The model's ``validation_step`` returns images in [-1, 1]: ``real`` and ``fake`` (unpaired:
     FID/KID/IS/PR; one fake per ``batch["index"]``), or ``recon`` (reconstructions of ``real``,
     scored the same way but reported as ``rfid``, ``rkid_mean``...), and, for reconstruction models,
-    ``pred`` and ``target`` (paired: PSNR/SSIM/LPIPS). Every output is fed with the batch's sample
+    ``pred`` and ``target`` (paired: PSNR/SSIM/LPIPS); with ``fake``, the ``caption`` and/or ``label`` it was
+    generated from (faithfulness: ``caption_acc``, ``label_acc``). Every output is fed with the batch's sample
     indices. The suite's protocol caps how many images count (``num_samples``,
     ``reference_samples``); when the split runs out before the protocol's number of generated
     samples, the missing indices are drawn from ``pl_module.generate_indexed``, shared among ranks.
@@ -79,6 +80,10 @@ class ValidationMetrics(pl.Callback):
             self.suite.update_real(outputs["real"], index)
         if "fake" in outputs:
             self.suite.update_fake(outputs["fake"], index)
+            # conditional models return the captions/labels the fakes were generated from: faithfulness
+            self.suite.update_conditional(outputs["fake"], outputs.get("caption"), outputs.get("label"), index)
+            if "real" in outputs:
+                self.suite.update_conditional(outputs["real"], outputs.get("caption"), None, index, real=True)
         elif "recon" in outputs:
             self.suite.update_reconstruction(outputs["recon"], index)
         if "pred" in outputs and "target" in outputs:

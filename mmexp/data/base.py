@@ -16,14 +16,20 @@ from mmexp.errors import DatasetFormatError, ConfigError, DatasetNotFoundError
 
 from .transforms import check_channels, check_image_size
 
-__all__ = ["SPLITS", "BaseImageDataset", "DatasetFormatError", "LabelledArrayDataset", "check_split", "split_permutation",
+__all__ = ["SPLITS", "STANDARD_SPLITS", "BaseImageDataset", "DatasetFormatError", "LabelledArrayDataset", "check_split", "split_permutation",
            "open_image", "files_fingerprint"]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Every split name. ``compositional`` holds scenes made of combinations held out of the other three (see
+#: ``ShapesDataset(holdout=...)``); only datasets that list it in their ``splits`` have it. The position of a
+#: name is part of the seeds derived from it, so names are only ever appended.
+SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
+
+#: The splits every dataset has.
+STANDARD_SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def check_split(split: str) -> str:
-    """Return ``split`` if it is ``train``, ``val`` or ``test``; otherwise raise :class:`ConfigError`."""
+    """Return ``split`` if it is one of :data:`SPLITS`; otherwise raise :class:`ConfigError`."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
     return split
@@ -89,17 +95,24 @@ class BaseImageDataset(Dataset):
     ``[C, H, W]`` in ``[-1, 1]``), ``index`` (int) and the optional keys listed in ``provides``.
 
     Subclasses set the class attributes ``name`` (short id such as ``"shapes"``) and ``provides``
-    (may be overridden per instance when keys depend on arguments), and ``num_classes`` (``None``
-    for datasets without class labels).
+    (may be overridden per instance when keys depend on arguments), ``num_classes`` (``None``
+    for datasets without class labels) and, beyond ``train``/``val``/``test``, ``splits``.
     """
 
     name: ClassVar[str] = "dataset"
     provides: tuple[str, ...] = ("image", "index")
     num_classes: int | None = None
+    #: the splits this dataset has (a subset of :data:`SPLITS`)
+    splits: ClassVar[tuple[str, ...]] = STANDARD_SPLITS
 
     def __init__(self, split: str, image_size: int, channels: int) -> None:
         super().__init__()
         self.split = check_split(split)
+        if split not in self.splits:
+            raise ConfigError(
+                f"{type(self).__name__} has no {split!r} split (it has {', '.join(self.splits)})"
+                + ("; held-out combinations exist only for data=shapes with data.dataset.holdout=[...]"
+                   if split == "compositional" else ""))
         self.image_size = check_image_size(image_size)
         self.channels = check_channels(channels)
 

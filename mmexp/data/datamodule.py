@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.batch import check_keys
 
-from .base import SPLITS, check_split
+from .base import SPLITS, STANDARD_SPLITS, check_split
 from .loaders import ResumableDataLoader, derive_seed
 from .transforms import check_channels, check_image_size
 
@@ -25,7 +25,7 @@ _STAGE_SPLITS = {
     "validate": ("val",),
     "test": ("test",),
     "predict": ("test",),
-    None: SPLITS,
+    None: STANDARD_SPLITS,
 }
 
 
@@ -256,7 +256,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build (lazily, once) and validate the datasets needed by ``stage``."""
-        for split in _STAGE_SPLITS.get(stage, SPLITS):
+        for split in _STAGE_SPLITS.get(stage, STANDARD_SPLITS):
             self.dataset(split)
 
     # -- loaders --------------------------------------------------------------------------
@@ -301,7 +301,7 @@ class ImageDataModule(L.LightningDataModule):
         """A deterministic loader over any split (used by eval/sample tasks).
 
         Args:
-            split: ``train``, ``val`` or ``test``.
+            split: ``train``, ``val``, ``test`` or, for datasets that have it, ``compositional``.
             batch_size: default ``eval_batch_size`` (1 for datasets of whole images of any size).
             shuffle: if true the order is a permutation fixed by ``seed`` (not the global RNG).
             degrade: yield batches already through the degradation (on the CPU, epoch 0), for loops that do not

@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mmexp.errors import ConfigError
+from mmexp.errors import CaptionParseError, ConfigError
 
 from .base import SPLITS, BaseImageDataset
 from .transforms import pil_to_tensor, uint8_to_tensor
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 #: bump when rendering changes, so cached renders of an older version are not reused
 RENDER_VERSION = 1
 
-__all__ = ["ShapesDataset", "ShapeObject", "Scene", "SHAPES", "COLORS", "BACKGROUNDS", "SIZES"]
+__all__ = ["ShapesDataset", "ShapeObject", "Scene", "SHAPES", "COLORS", "BACKGROUNDS", "SIZES", "RELATIONS",
+           "ObjectPhrase", "CaptionFacts", "caption_for", "parse_caption", "parse_holdout"]
 
 #: Shape kinds; ``label`` is the index of the first object's shape in this tuple.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
@@ -54,10 +57,14 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 #: Size names -> side of the object's bounding box as a fraction of the image side.
 SIZES: dict[str, float] = {"small": 0.26, "large": 0.42}
 
+#: Where one object is relative to another in a caption (see :func:`relation`).
+RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
+
 _SUPERSAMPLE = 4  # draw at 4x resolution, then box-filter down (antialiasing)
 _MIN_LUMA_GAP = 40.0  # background luminance differs from every object's by at least this (grayscale contrast)
 _MARGIN = 0.03  # gap to the image border, fraction of the side
 _GAP = 0.04  # gap between object boxes
+_MAX_DRAWS = 10_000  # scene draws per item before a holdout is declared impossible to satisfy
 
 
 def _luma(rgb: tuple[int, int, int]) -> float:
@@ -104,33 +111,151 @@ def relation(a: ShapeObject, b: ShapeObject) -> str:
     return "left of" if dx < 0 else "right of"
 
 
+@dataclass(frozen=True)
+class ObjectPhrase:
+    """What a caption says of one object: ``"a {size} {color} {shape}"``."""
+
+    size: str
+    color: str
+    shape: str
+
+    def text(self) -> str:
+        return f"a {self.size} {self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class CaptionFacts:
+    """Everything a shapes caption states: the background, the objects in caption order, and the relations
+    ``(i, relation, j)`` = "object ``i`` is ``relation`` object ``j``". A caption of ``n`` objects relates object 0
+    to object 1 and every further object ``k`` to object 0: ``relations = ((0, r, 1), (2, r, 0), (3, r, 0)...)``.
+
+    :meth:`text` writes the caption (the grammar of :func:`caption_for`); :func:`parse_caption` reads it back.
+    """
+
+    background: str
+    objects: tuple[ObjectPhrase, ...]
+    relations: tuple[tuple[int, str, int], ...] = ()
+
+    @classmethod
+    def of(cls, scene: Scene) -> CaptionFacts:
+        """The facts a caption of ``scene`` states (relations from the objects' centres)."""
+        objs = scene.objects
+        rels = [(0, relation(objs[0], objs[1]), 1)] if len(objs) >= 2 else []
+        rels += [(k, relation(objs[k], objs[0]), 0) for k in range(2, len(objs))]
+        return cls(scene.background, tuple(ObjectPhrase(o.size, o.color, o.shape) for o in objs), tuple(rels))
+
+    def text(self) -> str:
+        objs, rels = self.objects, dict(((i, j), r) for i, r, j in self.relations)
+        expected = {(0, 1)} if len(objs) >= 2 else set()
+        expected |= {(k, 0) for k in range(2, len(objs))}
+        if not objs or set(rels) != expected:
+            raise ValueError(f"a caption relates object 0 to 1 and each further object to 0; got {self.relations} "
+                             f"for {len(objs)} objects")
+        head = objs[0].text()
+        if len(objs) >= 2:
+            head += f" {rels[0, 1]} {objs[1].text()}"
+        first = f"the {objs[0].color} {objs[0].shape}"
+        clauses = [head] + [f"{objs[k].text()} {rels[k, 0]} {first}" for k in range(2, len(objs))]
+        body = ", and ".join(clauses) + ("," if len(clauses) > 1 else "")
+        return f"{body} on a {self.background} background"
+
+
 def caption_for(scene: Scene) -> str:
     """English caption from a scene's actual attributes and positions.
 
     One object: ``"a small red circle on a black background"``. Two: ``"a small red circle above a
     large blue square on a black background"``. Each further object ``i`` is related to object 0:
     ``"..., and a large green triangle right of the red circle, on a white background"``.
+    :func:`parse_caption` reads it back into :class:`CaptionFacts`.
     """
-    objs = scene.objects
-    head = objs[0].phrase()
-    if len(objs) >= 2:
-        head += f" {relation(objs[0], objs[1])} {objs[1].phrase()}"
-    first = f"the {objs[0].color} {objs[0].shape}"
-    clauses = [head] + [f"{o.phrase()} {relation(o, objs[0])} {first}" for o in objs[2:]]
-    text = ", and ".join(clauses) + ("," if len(clauses) > 1 else "")
-    return f"{text} on a {scene.background} background"
+    return CaptionFacts.of(scene).text()
+
+
+def _alternatives(words) -> str:
+    return "(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+_PHRASE = rf"a {_alternatives(SIZES)} {_alternatives(COLORS)} {_alternatives(SHAPES)}"
+_RELATION = _alternatives(RELATIONS)
+_CAPTION = re.compile(rf"(?P<body>.+?)(?P<comma>,?) on a (?P<background>{_alternatives(BACKGROUNDS)[1:-1]}) background")
+_HEAD = re.compile(rf"{_PHRASE}(?: {_RELATION} {_PHRASE})?")
+_CLAUSE = re.compile(rf"{_PHRASE} {_RELATION} the {_alternatives(COLORS)} {_alternatives(SHAPES)}")
+
+
+def parse_caption(text: str) -> CaptionFacts:
+    """The :class:`CaptionFacts` of a shapes caption (the inverse of :func:`caption_for`; case and runs of
+    whitespace are ignored). Raises :class:`~mmexp.errors.CaptionParseError` naming the caption and the grammar
+    when ``text`` is not one."""
+    clean = " ".join(str(text).lower().split())
+
+    def fail(why: str) -> CaptionParseError:
+        return CaptionParseError(
+            f"not a shapes caption ({why}): {text!r}; expected e.g. 'a small red circle on a black background' or "
+            "'a small red circle above a large blue square, and a large green triangle left of the red circle, on "
+            f"a white background' (sizes {list(SIZES)}, colours {list(COLORS)}, shapes {list(SHAPES)}, relations "
+            f"{list(RELATIONS)}, backgrounds {list(BACKGROUNDS)})")
+
+    m = _CAPTION.fullmatch(clean)
+    if m is None:
+        raise fail("no 'on a <background> background' ending")
+    clauses = m["body"].split(", and ")
+    if bool(m["comma"]) != (len(clauses) > 1):
+        raise fail("a comma before 'on a' goes with three or more objects, and only then")
+    head = _HEAD.fullmatch(clauses[0])
+    if head is None:
+        raise fail(f"cannot read {clauses[0]!r}")
+    objects = [ObjectPhrase(*head.group(1, 2, 3))]
+    relations = []
+    if head[4] is not None:
+        objects.append(ObjectPhrase(*head.group(5, 6, 7)))
+        relations.append((0, head[4], 1))
+    elif len(clauses) > 1:
+        raise fail("three or more objects begin with two related ones")
+    for clause in clauses[1:]:
+        c = _CLAUSE.fullmatch(clause)
+        if c is None:
+            raise fail(f"cannot read {clause!r}")
+        if (c[5], c[6]) != (objects[0].color, objects[0].shape):
+            raise fail(f"{clause!r} relates to 'the {c[5]} {c[6]}', not to the first object")
+        relations.append((len(objects), c[4], 0))
+        objects.append(ObjectPhrase(*c.group(1, 2, 3)))
+    return CaptionFacts(m["background"], tuple(objects), tuple(relations))
+
+
+def parse_holdout(holdout: Sequence[str] | str | None) -> tuple[tuple[str, str], ...]:
+    """``["red circle", "blue square"]`` -> ``(("red", "circle"), ("blue", "square"))`` (sorted, deduplicated),
+    each pair a colour of :data:`COLORS` and a shape of :data:`SHAPES`; a bad entry raises :class:`ConfigError`."""
+    if holdout is None:
+        return ()
+    if isinstance(holdout, str):
+        holdout = [h for h in holdout.split(",") if h.strip()]
+    pairs = set()
+    for entry in holdout:
+        words = str(entry).lower().replace("_", " ").split()
+        if len(words) != 2 or words[0] not in COLORS or words[1] not in SHAPES:
+            raise ConfigError(
+                f"data.dataset.holdout: {entry!r} is not a '<colour> <shape>' pair; colours: {', '.join(COLORS)}; "
+                f"shapes: {', '.join(SHAPES)} (e.g. holdout=[\"red circle\",\"blue square\"])")
+        pairs.add((words[0], words[1]))
+    return tuple(sorted(pairs))
 
 
 class ShapesDataset(BaseImageDataset):
     """Procedural images of 1-3 coloured shapes on a plain background.
 
     Args:
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val``, ``test`` or ``compositional`` (needs ``holdout``).
         image_size: side in pixels.
         channels: 3 (RGB) or 1 (grayscale, PIL's ITU-R 601 luma).
         num_train, num_val, num_test: split sizes.
         min_shapes, max_shapes: objects per image (1 <= min <= max <= 4).
         seed: base seed; item ``i`` of split ``s`` is generated from ``SeedSequence([seed, s, i])``.
+        holdout: colour-shape pairs such as ``["red circle", "blue square"]`` that ``train``, ``val`` and
+            ``test`` never contain, and every ``compositional`` scene contains at least once: a measure of
+            zero-shot composition (each colour and each shape may still appear in other pairs). A scene is
+            drawn again from the item's own RNG until it qualifies, so items stay deterministic, and without
+            a holdout every scene is the one drawn first. Default: None (nothing held out).
+        num_compositional: size of the ``compositional`` split. Default: 512.
         render_once: render the whole split on first use and keep it as uint8 arrays (items are
             deterministic; drawing them costs ~0.6 ms each at 32 px, which starves a GPU). Default: True.
         cache_dir: also keep those arrays in ``<cache_dir>/shapes-<hash>.npz`` (written atomically, keyed by
@@ -152,6 +277,7 @@ class ShapesDataset(BaseImageDataset):
     provides = ("image", "label", "caption", "mask", "index")
     num_classes = len(SHAPES)
     classes = SHAPES
+    splits = SPLITS
 
     def __init__(
         self,
@@ -166,11 +292,21 @@ class ShapesDataset(BaseImageDataset):
         seed: int = 0,
         render_once: bool = True,
         cache_dir: str | None = None,
+        holdout: Sequence[str] | None = None,
+        num_compositional: int = 512,
     ) -> None:
         super().__init__(split, image_size, channels)
         if not 1 <= min_shapes <= max_shapes <= 4:
             raise ConfigError(f"need 1 <= min_shapes <= max_shapes <= 4, got min_shapes={min_shapes}, max_shapes={max_shapes}")
-        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.holdout = parse_holdout(holdout)
+        if split == "compositional" and not self.holdout:
+            raise ConfigError("the compositional split holds scenes with held-out colour-shape pairs: set "
+                              "data.dataset.holdout, e.g. holdout=[\"red circle\",\"blue square\"] (or data=shapes_single)")
+        free = [c for c in COLORS if any((c, shape) not in self.holdout for shape in SHAPES)]
+        if len(free) < min_shapes:
+            raise ConfigError(f"holdout {[' '.join(p) for p in self.holdout]} leaves {len(free)} colours with a shape "
+                              f"that is not held out, too few for min_shapes={min_shapes} objects of distinct colours")
+        sizes = {"train": num_train, "val": num_val, "test": num_test, "compositional": num_compositional}
         for key, n in sizes.items():
             if not isinstance(n, int) or n < 0:
                 raise ConfigError(f"num_{key} must be an integer >= 0, got {n!r}")
@@ -188,7 +324,8 @@ class ShapesDataset(BaseImageDataset):
         return self.length
 
     def extra_repr(self) -> str:
-        return f"seed={self.seed}, shapes={self.min_shapes}..{self.max_shapes}"
+        held = f", holdout={[' '.join(p) for p in self.holdout]}" if self.holdout else ""
+        return f"seed={self.seed}, shapes={self.min_shapes}..{self.max_shapes}{held}"
 
     # -- scene generation -------------------------------------------------------------------
     def _rng(self, index: int) -> np.random.Generator:
@@ -198,6 +335,25 @@ class ShapesDataset(BaseImageDataset):
         """The structured scene of item ``index`` (deterministic)."""
         index = self._check_index(index)
         rng = self._rng(index)
+        for _ in range(_MAX_DRAWS):
+            scene = self._draw_scene(rng)
+            if self.admits(scene):
+                return scene
+        raise ConfigError(f"no {self.split} scene of {self.min_shapes}..{self.max_shapes} objects "
+                          f"{'with' if self.split == 'compositional' else 'without'} a held-out pair "
+                          f"{[' '.join(p) for p in self.holdout]} in {_MAX_DRAWS} draws (item {index}); hold out fewer pairs")
+
+    def holds_out(self, scene: Scene) -> bool:
+        """True when ``scene`` has an object whose colour-shape pair is held out."""
+        return any((o.color, o.shape) in self.holdout for o in scene.objects)
+
+    def admits(self, scene: Scene) -> bool:
+        """Whether ``scene`` belongs in this split: ``compositional`` scenes hold out a pair, the others none."""
+        if not self.holdout:
+            return True
+        return self.holds_out(scene) == (self.split == "compositional")
+
+    def _draw_scene(self, rng: np.random.Generator) -> Scene:
         n = int(rng.integers(self.min_shapes, self.max_shapes + 1))
         color_names = list(COLORS)
         colors = [color_names[i] for i in rng.choice(len(color_names), size=n, replace=False)]
@@ -296,6 +452,8 @@ class ShapesDataset(BaseImageDataset):
         fields = {"version": RENDER_VERSION, "split": self.split, "n": self.length, "image_size": self.image_size,
                   "channels": self.channels, "min_shapes": self.min_shapes, "max_shapes": self.max_shapes,
                   "seed": self.seed}
+        if self.holdout:  # absent when empty: renders cached before holdouts existed stay valid
+            fields["holdout"] = [" ".join(p) for p in self.holdout]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
     def rendered(self) -> dict[str, np.ndarray]:

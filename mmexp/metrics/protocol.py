@@ -13,7 +13,10 @@ if TYPE_CHECKING:
 
 GENERATION_METRICS = ("fid", "kid", "is", "pr")
 PAIRED_METRICS = ("psnr", "ssim", "lpips", "st_lpips")
-METRIC_CHOICES = GENERATION_METRICS + PAIRED_METRICS
+# faithfulness of conditional samples to their captions / labels, read by the shapes attribute reader
+# (mmexp.metrics.faithfulness): reported as caption_<check> (and real_caption_<check>, the ceiling) and label_acc
+FAITHFULNESS_METRICS = ("caption_acc", "label_acc")
+METRIC_CHOICES = GENERATION_METRICS + PAIRED_METRICS + FAITHFULNESS_METRICS
 FEATURE_METRICS = ("fid", "kid", "pr")  # those that need real-image features
 # what compute() reports for the generation metrics
 GENERATION_RESULTS = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall")
@@ -94,6 +97,18 @@ def describe(suite: MetricSuite) -> dict:
         perceptual = suite.perceptual_identity()
         if perceptual is not None:
             p["perceptual"] = perceptual
+    if suite.faithfulness_metrics:
+        from mmexp.metrics.faithfulness import CAPTION_CHECKS
+
+        p["faithfulness"] = {
+            "reader": suite.attribute_reader.identity(),
+            "images": "generated with the batch's own captions/labels (real_caption_*: the real images of the "
+                      "scored split with their captions, the reader's ceiling)",
+            "caption_checks": list(CAPTION_CHECKS),
+            "reduction": "caption_<check>: stated facts read right / stated, over all images; caption_all: "
+                         "fraction of images with every check right; label_acc: fraction of images whose labelled "
+                         "shape is read (on the first stated object when captioned)",
+        }
     if suite.last_counts:
         p["counts"] = dict(suite.last_counts)
     return p

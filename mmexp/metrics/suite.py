@@ -51,6 +51,7 @@ from mmexp.metrics.generation import compare_features, inception_score
 from mmexp.metrics.inception import EXTRACTOR_NAME, RESIZE, InceptionWeights
 from mmexp.metrics.networks import MetricNetworks
 from mmexp.metrics.protocol import (  # noqa: F401 - re-exported: the suite's names
+    FAITHFULNESS_METRICS,
     FEATURE_METRICS,
     GENERATED,
     GENERATION_METRICS,
@@ -71,7 +72,9 @@ class MetricSuite(ReferenceStatistics, nn.Module):
 
     Args:
         name: protocol name (``fid10k_test``, ``val``...).
-        metrics: subset of ``fid, kid, is, pr, psnr, ssim, lpips, st_lpips`` (list or comma string).
+        metrics: subset of ``fid, kid, is, pr, psnr, ssim, lpips, st_lpips, caption_acc, label_acc`` (list or
+            comma string). ``caption_acc`` / ``label_acc`` score generated shapes images against the captions /
+            labels they were generated from (see :mod:`.faithfulness`).
             ``lpips`` reports ``lpips`` when torchvision's backbone weights are cached and otherwise
             ``st_lpips`` (see ``perceptual``); ``st_lpips`` always uses Shift-Tolerant LPIPS.
         reference_split: the real split the generated samples are compared with.
@@ -87,6 +90,11 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         y_channel, crop_border, quantize: PSNR/SSIM options (BasicSR definitions).
         perceptual: ``auto`` | ``lpips`` | ``st_lpips`` for the ``lpips`` entry; perceptual_net: alex | vgg.
         refstats_dir: reference statistics cache dir (default ``~/.cache/mmexp/refstats``).
+        attribute_reader: the :class:`~mmexp.metrics.faithfulness.AttributeReader` of ``caption_acc`` /
+            ``label_acc`` (default: one with its default training config, cached beside ``refstats_dir``).
+        splits: the splits ``task=eval`` scores, in order (default: ``[reference_split]``); e.g. ``[val,
+            compositional]`` also scores scenes of held-out colour-shape pairs, reported as
+            ``eval_compositional/...``.
     """
 
     def __init__(
@@ -114,6 +122,8 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         refstats_dir: str | None = None,
         channels_last: bool = True,
         description: str = "",
+        attribute_reader=None,
+        splits: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.name = str(name)
@@ -154,6 +164,10 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         self._last_counts: dict[str, int] = {}
         self._warned_is = False
         self._fake, self._real, self._pairs = IndexedSamples(), IndexedSamples(), IndexedSamples()
+        self.splits = tuple(splits) if splits else ((reference_split,) if reference_split else ())
+        self._reader = attribute_reader
+        # per-image faithfulness checks of generated images (captions, labels) and of real ones (the ceiling)
+        self._captions, self._labels, self._real_captions = IndexedSamples(), IndexedSamples(), IndexedSamples()
         self._arrived = {"fake": 0, "real": 0, "pairs": 0}  # per rank, for samples given without index
         self._fake_kind: str | None = None
         self.reset(keep_real=False)
@@ -166,6 +180,20 @@ class MetricSuite(ReferenceStatistics, nn.Module):
     @property
     def paired_metrics(self) -> tuple[str, ...]:
         return tuple(m for m in self.metrics if m in PAIRED_METRICS)
+
+    @property
+    def faithfulness_metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in self.metrics if m in FAITHFULNESS_METRICS)
+
+    @property
+    def attribute_reader(self):
+        """The shapes attribute reader (built on first access; trained or loaded on first read)."""
+        if self._reader is None:
+            from mmexp.metrics.faithfulness import AttributeReader
+
+            refstats = self._store.directory or refcache.default_dir()
+            self._reader = AttributeReader(cache_dir=str(refstats.parent))
+        return self._reader
 
     @property
     def needs_features(self) -> bool:
@@ -226,6 +254,9 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         A reference loaded with :meth:`load_reference` is kept (see :meth:`clear_reference`)."""
         self._fake.clear()
         self._pairs.clear()
+        self._captions.clear()
+        self._labels.clear()
+        self._real_captions.clear()
         self._fake_kind = None
         self._arrived.update(fake=0, pairs=0)
         if not keep_real:
@@ -303,6 +334,34 @@ class MetricSuite(ReferenceStatistics, nn.Module):
             values["perceptual"] = self._nets.perceptual_distance(pred, target)
         self._pairs.add(index, **values)
 
+    @torch.inference_mode()
+    def update_conditional(self, x: torch.Tensor, caption: Sequence[str] | None = None,
+                           label: torch.Tensor | None = None, indices: torch.Tensor | Sequence[int] | None = None,
+                           real: bool = False) -> None:
+        """Images in [-1, 1] with the captions and/or labels they were generated from (``real``: real images with
+        their own captions, scored as ``real_caption_*``, the reader's ceiling) for ``caption_acc`` /
+        ``label_acc``. Samples of index >= ``num_samples`` (``reference_samples`` for real) are ignored."""
+        if not self.faithfulness_metrics or (caption is None and label is None):
+            return
+        from mmexp.metrics.faithfulness import caption_checks, label_checks
+
+        n = x.shape[0]
+        index = torch.arange(n) if indices is None else torch.as_tensor(indices).reshape(-1).cpu().long()
+        if index.numel() != n:
+            raise ValueError(f"{n} images but {index.numel()} sample indices")
+        keep = index < (self.reference_samples if real else self.num_samples) \
+            if (self.reference_samples if real else self.num_samples) is not None else torch.ones(n, dtype=torch.bool)
+        if not keep.any():
+            return
+        x, index = x[keep.to(x.device)], index[keep]
+        caption = None if caption is None else [c for c, k in zip(caption, keep.tolist()) if k]
+        reading = self.attribute_reader.read(x)
+        if caption is not None and "caption_acc" in self.metrics:
+            (self._real_captions if real else self._captions).add(index, **caption_checks(reading, caption))
+        if label is not None and "label_acc" in self.metrics and not real:
+            label = torch.as_tensor(label).reshape(-1).cpu()[keep]
+            self._labels.add(index, label=label_checks(reading, label, caption))
+
     # ------------------------------------------------------------------ across ranks
     def _global_fake_kind(self) -> str | None:
         kinds = {k for k in all_gather_object(self._fake_kind) if k is not None}
@@ -346,6 +405,21 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         for name, values in pairs.items():
             key = self.perceptual_name if name == "perceptual" else name
             out[key] = float(values.double().mean())
+        if self.faithfulness_metrics:
+            from mmexp.metrics.faithfulness import summarize
+
+            checks = self._captions.gather()[1]
+            if checks:
+                out.update(summarize(checks))
+                self._last_counts["num_captioned"] = int(checks["all"].shape[0])
+            real_checks = self._real_captions.gather()[1]
+            if real_checks:
+                out.update({f"real_{k}": v for k, v in summarize(real_checks).items()})
+                self._last_counts["num_real_captioned"] = int(real_checks["all"].shape[0])
+            labels = self._labels.gather()[1]
+            if labels:
+                out["label_acc"] = float(labels["label"].mean())
+                self._last_counts["num_labelled"] = int(labels["label"].shape[0])
         self._last_counts.update(
             num_fake=0 if feats is None else int(feats.shape[0]),
             num_real=self.num_real if self._store.tensors is not None else (0 if real is None else int(real.shape[0])),

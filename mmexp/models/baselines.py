@@ -185,7 +185,7 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise MissingDependencyError("this baseline needs OpenCV: pip install opencv-python "
+        raise MissingDependencyError("this baseline needs OpenCV: pip install opencv-python-headless "
                                      '(or pip install "mmexp[restore]")') from None
     return cv2
 
