@@ -60,4 +60,5 @@ def use_paired_crops(cfg, image_size: int = 32, scale: int = 1, sigma: float = 0
                                              "image_size": image_size, "scale": scale, "sigma": sigma, "n": n})
         cfg.data.image_size = image_size
         cfg.data.channels = 3
+        cfg.data.num_classes = None  # unlabelled pairs (the shapes config declares its 4 shape classes)
     return cfg

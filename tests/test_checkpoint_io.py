@@ -163,7 +163,7 @@ def test_training_resumes_from_a_checkpoint_of_the_previous_schema(tmp_path):
     from mmexp.train import train
     from tests.conftest import FAST, SMALL_SHAPES, TINY, compose_cfg
 
-    cfg = compose_cfg(tmp_path, *FAST, *TINY["dcgan"], *SMALL_SHAPES, "loss=gan_hinge", "data.batch_size=8",
+    cfg = compose_cfg(tmp_path, *FAST, "model=dcgan", *TINY["dcgan"], *SMALL_SHAPES, "loss=gan_hinge", "data.batch_size=8",
                       "metrics=none", "logger=none", "trainer.max_steps=8", "trainer.limit_val_batches=0",
                       f"ckpt_path={os.path.join(LEGACY, 'dcgan-schema1.ckpt')}")
     train(cfg)

@@ -363,7 +363,7 @@ def test_every_loss_option_composes_and_builds(tmp_path, option):
 
 def test_model_brings_its_loss_and_the_command_line_wins(tmp_path):
     choices = lambda *o: compose_cfg(tmp_path, *o).hydra.runtime.choices.loss  # noqa: E731
-    assert choices() == "gan_bce"
+    assert choices() == "gan_hinge" and choices("model=dcgan") == "gan_bce"  # the default model is sngan
     assert choices("model=vae") == "vae" and choices("model=vqvae") == "vqvae"
     assert choices("model=vae", "loss=vae_bernoulli") == "vae_bernoulli"
     assert choices("loss=vae_bernoulli", "model=vae") == "vae_bernoulli"
