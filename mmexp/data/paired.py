@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, ShapeMismatchError
 
-from .base import SPLITS, BaseImageDataset, files_fingerprint, open_image, split_permutation
+from .base import STANDARD_SPLITS, BaseImageDataset, files_fingerprint, open_image, split_permutation
 from .folder import IMAGE_EXTENSIONS
 from .loaders import EpochSeeded
 from .transforms import uint8_to_tensor
@@ -88,7 +88,7 @@ class PairedImageDataset(EpochSeeded, BaseImageDataset):
         self.root = Path(os.path.expanduser(str(root)))
         how = (f"Put low-quality images in {self.root}/{lq_dir}/ and their ground truths, with the same file names, "
                f"in {self.root}/{gt_dir}/ (or {self.root}/{{train,val,test}}/{{{lq_dir},{gt_dir}}}/).")
-        if all((self.root / s / lq_dir).is_dir() for s in SPLITS):
+        if all((self.root / s / lq_dir).is_dir() for s in STANDARD_SPLITS):
             base, by_fraction = self.root / split, False
         else:
             base, by_fraction = self.root, True

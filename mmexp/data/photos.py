@@ -26,7 +26,7 @@ from PIL import Image
 
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, MissingDependencyError, ShapeMismatchError
 
-from .base import SPLITS, BaseImageDataset, files_fingerprint, open_image, split_permutation
+from .base import STANDARD_SPLITS, BaseImageDataset, files_fingerprint, open_image, split_permutation
 from .folder import IMAGE_EXTENSIONS
 from .loaders import EpochSeeded
 from .transforms import uint8_to_tensor
@@ -219,7 +219,7 @@ class PhotoDataset(EpochSeeded, BaseImageDataset):
         if split_dirs is not None:
             if root is None:
                 raise ConfigError("split_dirs needs data.root (the folder that holds them)")
-            missing = [s for s in SPLITS if s not in split_dirs]
+            missing = [s for s in STANDARD_SPLITS if s not in split_dirs]
             if missing:
                 raise ConfigError(f"split_dirs must name a folder for every split; missing {missing}")
             self.root = self._require_root(root)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, MissingDependencyError, ShapeMismatchError
 
-from .base import SPLITS, BaseImageDataset, open_image
+from .base import SPLITS, STANDARD_SPLITS, BaseImageDataset, open_image
 from .folder import IMAGE_EXTENSIONS
 from .loaders import EpochSeeded
 from .photos import resolve_path
@@ -173,8 +173,8 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         how: str = "",
     ) -> None:
         super().__init__(split, image_size, channels)
-        if not sources or any(s not in sources for s in SPLITS):
-            raise ConfigError(f"sources must list videos for every split {SPLITS}, got {sources!r}")
+        if not sources or any(s not in sources for s in STANDARD_SPLITS):
+            raise ConfigError(f"sources must list videos for every split {STANDARD_SPLITS}, got {sources!r}")
         for key, value in (("num_frames", num_frames), ("frame_step", frame_step), ("clips_per_video", clips_per_video)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
