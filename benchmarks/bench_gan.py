@@ -78,20 +78,34 @@ def timed(stamps: list[float], warmup: int) -> list[float]:
     return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
 
 
+def user_progress_bar():
+    """The ``callbacks.progress_bar`` node of mmexp's default config (None when it has none)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="mmexp.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["logger=none", "metrics=none"])
+    return cfg.callbacks.get("progress_bar")
+
+
 def run_lightning(args, data, user: bool = False) -> list[float]:
     """``user``: with the progress bar and a CSV logger, as ``python -m mmexp`` runs."""
     import tempfile
 
     from lightning.pytorch.loggers import CSVLogger
 
+    from hydra.utils import instantiate
+
     g, d = networks(args)
+    # the progress bar python -m mmexp uses (conf/callbacks/default.yaml), else Lightning's default
+    bar = user_progress_bar() if user else None
     model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1)
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
                             devices=1, logger=CSVLogger(tmp) if user else False, enable_checkpointing=False,
                             enable_progress_bar=user, enable_model_summary=False, log_every_n_steps=25,
-                            num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+                            num_sanity_val_steps=0, limit_val_batches=0,
+                            callbacks=[timer] + ([instantiate(bar)] if bar is not None else []))
         trainer.fit(model, DataLoader(data, batch_size=None, shuffle=False))
     return timed(timer.stamps, args.warmup)
 

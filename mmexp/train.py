@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks.progress import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mmexp.callbacks import AtomicCheckpointIO, BestCheckpoint, ValidationMetrics, read_run_state
@@ -90,6 +91,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = instantiate_group(cfg.get("callbacks"), run_config=OmegaConf.to_container(cfg, resolve=True),
                                   data_id=stable_hash(data_identity(cfg.data)))
+    if not cfg.trainer.get("enable_progress_bar", True):  # the bar callback would contradict the switch
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_loggers(cfg.get("logger"), resume.get("logger_ids", {}))
     failed = True
     try:
