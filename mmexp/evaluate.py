@@ -52,6 +52,9 @@ def load_trained(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataM
         with open_dict(train_cfg):
             train_cfg.degradation = chosen
             train_cfg.data.degradation = chosen
+            # the command line's degradation is the one scored, also where training scored another one
+            if "eval_degradation" in train_cfg.data:
+                train_cfg.data.eval_degradation = None
     return model, build(train_cfg.data), train_cfg
 
 

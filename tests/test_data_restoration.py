@@ -221,6 +221,24 @@ def test_moving_shapes_centre_frame_is_the_shapes_image():
     assert batch["input"].shape == (4, 5, 3, 8, 8) and batch["target"].shape == (4, 5, 3, 32, 32)
 
 
+def test_eval_degradation_scores_a_blind_model_at_one_noise_level():
+    # trained on sigma in [0, 55], scored at sigma 25: train batches vary their sigma, val/test batches have 25
+    factory = functools.partial(ShapesDataset, num_train=16, num_val=8, num_test=8, render_once=False)
+    dm = ImageDataModule(factory, image_size=32, channels=3, batch_size=16, eval_batch_size=8, seed=0,
+                         degradation=GaussianNoise(sigma=[0, 55]), eval_degradation=GaussianNoise(sigma=25))
+
+    def sigmas(split):
+        batch = next(iter(dm.dataloader(split, degrade=True)))
+        return ((batch["input"] - batch["target"]).flatten(1).std(dim=1) * 255 / 2).tolist()
+
+    for split in ("val", "test"):
+        assert sigmas(split) == pytest.approx([25.0] * 8, abs=1.0)
+    train = sigmas("train")
+    assert max(train) - min(train) > 20
+    with pytest.raises(ConfigError, match="eval_degradation is set but data.degradation is not"):
+        ImageDataModule(factory, image_size=32, channels=3, batch_size=4, eval_degradation=GaussianNoise(sigma=25))
+
+
 # -- configs -------------------------------------------------------------------------------------
 BENCHMARKS = {"set5": "Set5", "set14": "Set14", "bsd68": "BSD68", "cbsd68": "CBSD68", "urban100": "Urban100",
               "div2k": "DIV2K", "vid4": "Vid4", "reds": "REDS"}

@@ -4,6 +4,7 @@ ESRGAN from an L1 checkpoint, SCICO's ported DnCNN, and the classical baselines 
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +320,19 @@ def test_bicubic_matlab_kernel_is_the_degradations_imresize():
 
     x = photo(20)
     torch.testing.assert_close(Bicubic(scale=2).restore(x), resize.imresize(x, scale=2.0).clamp(-1, 1))
+
+
+def test_identity_peer_is_the_noisy_input_at_the_textbook_psnr():
+    # mid-grey images: nothing clips, so the "noisy input" row is 20 log10(255 / 25) = 20.17 dB at sigma 25
+    from mmexp.degradations import GaussianNoise
+    from mmexp.models.baselines import Identity
+
+    clean = torch.zeros(4, 3, 64, 64)
+    batch = GaussianNoise(sigma=25)({"image": clean}, seeds=[0, 1, 2, 3])
+    out = Identity().restore(batch["input"])
+    torch.testing.assert_close(out, batch["input"].clamp(-1, 1), rtol=0, atol=0)
+    psnr = psnr_per_image(prepare(out), prepare(clean)).mean().item()
+    assert psnr == pytest.approx(20 * math.log10(255 / 25), abs=0.05)
 
 
 def test_baselines_run_through_task_eval_without_a_checkpoint(tmp_path):

@@ -64,6 +64,9 @@ class ImageDataModule(L.LightningDataModule):
         degradation: a :class:`mmexp.degradations.Degradation` (config group ``degradation=``, interpolated as
             ``data.degradation: ${degradation}``) or None (default). Applied to every batch on its device in
             :meth:`on_after_batch_transfer` (see :meth:`degrade`); ``provides`` then adds its keys.
+        eval_degradation: the degradation of the val/test/eval splits when they differ from training's, e.g.
+            a blind denoiser trained on sigma in [0, 55] (``degradation=blind_noise``) and scored at sigma 25
+            (``data.eval_degradation`` = a fixed-sigma noise). Default None: ``degradation`` for every split.
         num_classes: the number of classes of ``label`` the config declares (``data.num_classes``), so that
             label-conditioned model configs can interpolate it (``${data.num_classes}``) before any data is
             read; checked against the dataset's own ``num_classes`` when a split is built. None: not declared.
@@ -88,6 +91,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool = False,
         degradation: Callable[..., dict] | None = None,
         num_classes: int | None = None,
+        eval_degradation: Callable[..., dict] | None = None,
     ) -> None:
         super().__init__()
         if not callable(dataset):
@@ -116,10 +120,15 @@ class ImageDataModule(L.LightningDataModule):
         self.download = bool(download)
         self.declared_num_classes = None if num_classes is None else int(num_classes)
         self._datasets: dict[str, Dataset] = {}
-        if degradation is not None and not (callable(degradation) and hasattr(degradation, "provides")):
-            raise ConfigError(f"data.degradation must be a degradation (callable with `provides`), got "
-                              f"{type(degradation).__name__}; choose one with degradation=NAME")
+        for key, value in (("degradation", degradation), ("eval_degradation", eval_degradation)):
+            if value is not None and not (callable(value) and hasattr(value, "provides")):
+                raise ConfigError(f"data.{key} must be a degradation (callable with `provides`), got "
+                                  f"{type(value).__name__}; choose one with degradation=NAME")
+        if eval_degradation is not None and degradation is None:
+            raise ConfigError("data.eval_degradation is set but data.degradation is not: give the training "
+                              "degradation too (degradation=NAME)")
         self.degradation = degradation
+        self.eval_degradation = eval_degradation
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -161,7 +170,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.degradation is not None:
             check_keys(keys, getattr(self.degradation, "required_keys", ()), type(self.degradation).__name__,
                        f"data '{self.name}'")
-            keys += tuple(k for k in self.degradation.provides if k not in keys)
+            for degradation in (self.degradation, self.eval_degradation):
+                keys += tuple(k for k in getattr(degradation, "provides", ()) if k not in keys)
         return keys
 
     def _some_split(self) -> Dataset:
@@ -230,14 +240,23 @@ class ImageDataModule(L.LightningDataModule):
 
         ``epoch`` matters for ``train`` only (new parameters every epoch; give the trainer's current epoch);
         val/test use epoch 0 whatever is passed, so their inputs never change. Use this outside a trainer
-        (evaluation, restoration scripts) to get exactly the inputs a training run validated on.
+        (evaluation, restoration scripts) to get exactly the inputs a training run validated on. Splits other
+        than ``train`` go through ``eval_degradation`` when there is one.
         """
-        if self.degradation is None:
+        degradation = self.degradation_for(split)
+        if degradation is None:
             return batch
         if "index" not in batch:
             raise ConfigError("a degraded batch needs 'index' (the per-sample seeds come from it)")
         seeds = self.degradation_seeds(batch["index"], split, epoch if split == "train" else 0)
-        return self.degradation(batch, seeds)
+        return degradation(batch, seeds)
+
+    def degradation_for(self, split: str) -> Callable[..., dict] | None:
+        """The degradation ``split``'s batches go through: ``eval_degradation`` (when set) for every split but
+        ``train``, else ``degradation``."""
+        if split != "train" and self.eval_degradation is not None:
+            return self.eval_degradation
+        return self.degradation
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Apply the degradation on the batch's device, with the split and epoch of the running loop."""

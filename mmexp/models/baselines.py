@@ -3,6 +3,8 @@
 They have the API of every :class:`~mmexp.models.restoration.Restorer` (``restore``, ``validation_step``,
 ``preview``), so ``task=eval`` and ``task=restore`` run them exactly as trained networks, without a checkpoint:
 
+- :class:`Identity`: the degraded input itself (the "noisy input" / "masked input" row of the tables: the floor
+  every restorer must beat).
 - :class:`Bicubic`: upsampling by the scale (SR peer). ``kernel="matlab"`` is MATLAB's ``imresize`` bicubic
   (Keys a = -0.5, symmetric borders; :func:`mmexp.degradations.resize.imresize`), the upsampler of the SR
   literature's "Bicubic" rows (BasicSR's); ``kernel="torch"`` is ``F.interpolate(mode="bicubic")`` (a = -0.75,
@@ -62,6 +64,21 @@ class Baseline(Restorer):
     def configure_optimizers(self):
         raise ConfigError(f"{type(self).__name__} is a classical method without trained weights: nothing to train; "
                           "score it with task=eval or run it with task=restore")
+
+
+class Identity(Baseline):
+    """The degraded input, unchanged (same size: degradations that keep the size, e.g. noise, JPEG, masks).
+
+    Its output is clipped to the image range like every restorer's (as an 8-bit file of the input would be), so
+    with unclipped Gaussian noise its PSNR is a little above the textbook ``20 log10(255 / sigma)`` on images
+    with pixels near black or white.
+
+    Args:
+        channels, num_preview: see :class:`Baseline`.
+    """
+
+    def predict(self, input, hole=None, caption=None):
+        return input
 
 
 class Bicubic(Baseline):
