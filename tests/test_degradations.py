@@ -5,6 +5,7 @@ Runs in a few seconds on 2 cores."""
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,20 @@ from mmexp.degradations import (
     FreeFormMask,
     GaussianBlur,
     GaussianNoise,
+    KernelMixtureBlur,
     MixedMask,
     ObjectMask,
+    OneOf,
     OutpaintMask,
+    PoissonNoise,
     RandomResize,
+    SincFilter,
+    gaussian_kernel,
+    generalized_gaussian_kernel,
     imresize,
     jpeg_roundtrip,
+    plateau_kernel,
+    sinc_kernel,
 )
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, MissingBatchKeyError, ShapeMismatchError
 from tests.conftest import compose_cfg
@@ -112,6 +121,10 @@ ALL = {
     "classic": lambda: Compose([GaussianBlur(7), Downsample(4), GaussianNoise([1, 30], clip=True), JPEG()]),
     "second_order": lambda: Compose([GaussianBlur(7), RandomResize(), GaussianNoise([1, 30], clip=True), JPEG(),
                                       Downsample(4, clip=True), JPEG()]),
+    "kernel_mixture": lambda: KernelMixtureBlur(kernel_range=(7, 11), sinc_prob=0.3),
+    "sinc": lambda: SincFilter(kernel_size=7, prob=1.0),
+    "poisson": lambda: PoissonNoise(),
+    "one_of": lambda: OneOf({"gaussian": GaussianNoise(10), "poisson": PoissonNoise(1.0)}),
 }
 
 
@@ -351,3 +364,65 @@ def test_every_degradation_config_composes_and_runs(tmp_path):
         assert set(dm.degradation.provides) <= set(out), name
         assert torch.isfinite(out["input"]).all(), name
         assert set(dm.degradation.provides) <= set(dm.provides), name
+
+
+# -- Real-ESRGAN's kernels, Poisson noise, OneOf --------------------------------------------------
+def test_real_esrgan_kernels():
+    # beta 1 is the Gaussian; every kernel sums to 1 and peaks at its centre
+    torch.testing.assert_close(generalized_gaussian_kernel(21, 2.0, 1.0, 0.3, beta=1.0),
+                               gaussian_kernel(21, 2.0, 1.0, 0.3))
+    flat, peaked = generalized_gaussian_kernel(21, 2.0, beta=4.0), generalized_gaussian_kernel(21, 2.0, beta=0.5)
+    for k in (flat, peaked, plateau_kernel(21, 2.0, 1.0, 0.5, beta=1.5), sinc_kernel(21, 1.5)):
+        assert k.sum().item() == pytest.approx(1.0) and k[10, 10] == k.max()
+    # a larger beta: flatter top (centre and 1 px away closer), lighter tails
+    assert flat[10, 11] / flat[10, 10] > peaked[10, 11] / peaked[10, 10] and flat[10, 20] < peaked[10, 20]
+    # the sinc is a low-pass with the cutoff it is given: passes pi/8, stops 7 pi/8 (cutoff pi/2)
+    h = torch.fft.fft2(torch.fft.ifftshift(sinc_kernel(63, math.pi / 2))).abs()
+    n = 63
+    assert h[0, 0].item() == pytest.approx(1.0)
+    assert h[0, round(n / 16)].item() == pytest.approx(1.0, abs=0.15)  # pi/8
+    assert h[0, round(7 * n / 16)].item() < 0.1  # 7 pi/8
+    with pytest.raises(ConfigError, match="cutoff"):
+        sinc_kernel(21, 4.0)
+    with pytest.raises(ConfigError, match="kernel_probs"):
+        KernelMixtureBlur(kernel_probs=(0.5, 0.5))
+
+
+def test_poisson_noise_grows_with_the_signal():
+    # 8-bit image (256 levels): half at 0.2, half at 0.8 of the [0, 1] range, one row of every level
+    unit = torch.full((1, 1, 64, 128), 0.2)
+    unit[..., 64:] = 0.8
+    unit[0, 0, 0, :] = torch.arange(128) / 255
+    unit[0, 0, 1, :] = (torch.arange(128) + 128) / 255
+    x = (unit * 2 - 1).expand(1, 3, 64, 128).contiguous()
+    out = PoissonNoise(scale=1.0, gray_prob=0.0, clip=False)({"image": x}, [3])["input"]
+    noise = (out - x)[..., 2:, :] / 2  # back on the [0, 1] scale
+    dark, bright = noise[..., :64].var().item(), noise[..., 64:].var().item()
+    # Poisson(x v) / v has variance x / v (v = 256 levels)
+    assert dark == pytest.approx(0.2 / 256, rel=0.1) and bright == pytest.approx(0.8 / 256, rel=0.1)
+    gray = PoissonNoise(scale=1.0, gray_prob=1.0, clip=False)({"image": x}, [3])["input"] - x
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+
+
+def test_one_of_draws_each_option_with_its_probability():
+    deg = OneOf([GaussianNoise(0), Downsample(2)], probs=[0.25, 0.75])
+    x = torch.zeros(1, 3, 8, 8)
+    picks = [deg({"image": x}, [s])["input"].shape[-1] == 4 for s in range(400)]
+    assert sum(picks) / 400 == pytest.approx(0.75, abs=0.06)
+    with pytest.raises(ConfigError, match="summing to 1"):
+        OneOf([GaussianNoise(0), Downsample(2)], probs=[0.5, 0.6])
+
+
+def test_second_order_x4_config_is_real_esrgans_pipeline(tmp_path):
+    from mmexp.config import build
+
+    cfg = compose_cfg(tmp_path, "degradation=second_order_x4", "data=photos")
+    deg = build(cfg.degradation)
+    names = [type(s).__name__ for s in deg.stages]
+    assert names == ["KernelMixtureBlur", "RandomResize", "OneOf", "JPEG", "KernelMixtureBlur", "RandomResize",
+                     "OneOf", "OneOf"]
+    assert [type(o).__name__ for o in deg.stages[2].options] == ["GaussianNoise", "PoissonNoise"]
+    b = _batch(3, 32)
+    out = deg(b, torch.tensor([5, 6, 7]))
+    assert out["input"].shape == (3, 3, 8, 8) and out["input"].abs().max() <= 1
+    assert torch.equal(out["input"], deg(b, torch.tensor([5, 6, 7]))["input"])

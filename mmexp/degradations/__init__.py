@@ -4,11 +4,12 @@ Config group ``degradation=`` (``conf/degradation/``), applied by ``ImageDataMod
 collation with per-sample seeds; see ``docs/interfaces.md`` and :mod:`mmexp.degradations.base`.
 """
 
-from .base import Compose, Degradation, Sample, derive_stage_seed, generator
-from .blur import GaussianBlur, gaussian_kernel
+from .base import Compose, Degradation, OneOf, Sample, derive_stage_seed, generator
+from .blur import (GaussianBlur, KernelMixtureBlur, SincFilter, gaussian_kernel, generalized_gaussian_kernel,
+                   plateau_kernel, sinc_kernel)
 from .jpeg import JPEG, jpeg_roundtrip
 from .masks import BoxMask, FileMask, FreeFormMask, MaskDegradation, MixedMask, ObjectMask, OutpaintMask
-from .noise import GaussianNoise, sigma_to_unit_range
+from .noise import GaussianNoise, PoissonNoise, sigma_to_unit_range
 from .resize import Downsample, RandomResize, imresize, resize_matrix
 
 __all__ = [
@@ -21,17 +22,24 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "JPEG",
+    "KernelMixtureBlur",
     "MaskDegradation",
     "MixedMask",
+    "OneOf",
     "ObjectMask",
     "OutpaintMask",
+    "PoissonNoise",
     "RandomResize",
     "Sample",
+    "SincFilter",
     "derive_stage_seed",
     "gaussian_kernel",
+    "generalized_gaussian_kernel",
     "generator",
     "imresize",
     "jpeg_roundtrip",
+    "plateau_kernel",
     "resize_matrix",
     "sigma_to_unit_range",
+    "sinc_kernel",
 ]

@@ -23,7 +23,7 @@ import torch
 from mmexp.batch import check_keys
 from mmexp.errors import ConfigError, ShapeMismatchError
 
-__all__ = ["Degradation", "Sample", "Compose", "generator", "derive_stage_seed", "check_seeds"]
+__all__ = ["Degradation", "Sample", "Compose", "OneOf", "generator", "derive_stage_seed", "check_seeds"]
 
 
 def generator(seed: int) -> torch.Generator:
@@ -152,6 +152,34 @@ class Compose(Degradation):
         for k, stage in enumerate(self.stages):
             sample = stage.apply(sample, derive_stage_seed(seed, k))
         return sample
+
+
+class OneOf(Degradation):
+    """One of several degradations per sample, drawn with ``probs`` (e.g. Real-ESRGAN's Gaussian or Poisson
+    noise, each with probability 0.5; or two orders of its final stages).
+
+    Args:
+        options: the degradations (a list, or a dict whose values are taken in order, so that configs name
+            them: ``degradation.stages.noise1.options.gaussian.sigma=...``).
+        probs: their probabilities (summing to 1). Default: equal.
+    """
+
+    def __init__(self, options: Sequence[Degradation] | Mapping[str, Degradation],
+                 probs: Sequence[float] | None = None) -> None:
+        self.options = list(options.values()) if isinstance(options, Mapping) else list(options)
+        if not self.options or not all(isinstance(o, Degradation) for o in self.options):
+            raise ConfigError(f"OneOf needs degradations as options, got {[type(o).__name__ for o in self.options]}")
+        n = len(self.options)
+        self.probs = [1.0 / n] * n if probs is None else [float(p) for p in probs]
+        if len(self.probs) != n or min(self.probs) < 0 or abs(sum(self.probs) - 1) > 1e-6:
+            raise ConfigError(f"OneOf probs must be {n} probabilities summing to 1, got {probs!r}")
+        self.provides = tuple(dict.fromkeys(k for o in self.options for k in o.provides))
+        self.required_keys = tuple(dict.fromkeys(k for o in self.options for k in o.required_keys))
+
+    def apply(self, sample: Sample, seed: int) -> Sample:
+        u = torch.rand(1, generator=generator(derive_stage_seed(seed, 0))).item()
+        i = min(int(np.searchsorted(np.cumsum(self.probs), u, side="right")), len(self.options) - 1)
+        return self.options[i].apply(sample, derive_stage_seed(seed, 1 + i))
 
 
 def with_input(sample: Sample, x: torch.Tensor) -> Sample:

@@ -8,6 +8,7 @@ conversion, used everywhere a sigma is given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from mmexp.errors import ConfigError
 
 from .base import Degradation, Sample, generator, with_input
 
-__all__ = ["GaussianNoise", "sigma_to_unit_range"]
+__all__ = ["GaussianNoise", "PoissonNoise", "sigma_to_unit_range"]
 
 
 def sigma_to_unit_range(sigma_255: float) -> float:
@@ -70,4 +71,42 @@ class GaussianNoise(Degradation):
         noise = torch.randn((n, 1 if gray else c, h, w), generator=g, dtype=torch.float32)
         noise = noise.to(device=x.device, dtype=x.dtype).mul_(sigma_to_unit_range(sigma))
         y = x + noise
+        return with_input(sample, y.clamp(-1, 1) if self.clip else y)
+
+
+class PoissonNoise(Degradation):
+    """Signal-dependent shot noise, as Real-ESRGAN's: on the ``[0, 1]`` scale, ``noise = Poisson(x * v) / v - x``
+    with ``v = 2 ** ceil(log2(distinct values))`` (255-level images: ``v = 256``), added as
+    ``x + scale * noise`` with ``scale`` uniform in ``scale`` per sample; with probability ``gray_prob`` the noise
+    is computed on the luma and shared by every channel.
+
+    Args:
+        scale: ``[low, high]`` noise scale (Real-ESRGAN: ``[0.05, 3]`` first round, ``[0.05, 2.5]`` second), or
+            a number.
+        gray_prob: probability of grey (luma) noise. Default 0.4.
+        clip: clamp the result to ``[-1, 1]``. Default True (it is followed by JPEG in the pipelines).
+    """
+
+    def __init__(self, scale: float | Sequence[float] = (0.05, 3.0), gray_prob: float = 0.4, clip: bool = True) -> None:
+        try:
+            lo, hi = (float(scale), float(scale)) if isinstance(scale, (int, float)) else (float(v) for v in scale)
+        except (TypeError, ValueError):
+            raise ConfigError(f"PoissonNoise scale must be a number or [low, high], got {scale!r}") from None
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"PoissonNoise scale must satisfy 0 <= low <= high, got {scale!r}")
+        if not 0 <= gray_prob <= 1:
+            raise ConfigError(f"gray_prob must be in [0, 1], got {gray_prob}")
+        self.scale, self.gray_prob, self.clip = (lo, hi), float(gray_prob), bool(clip)
+
+    def apply(self, sample: Sample, seed: int) -> Sample:
+        g = generator(seed)
+        u, gray = torch.rand(2, generator=g).tolist()
+        scale = self.scale[0] + (self.scale[1] - self.scale[0]) * u
+        x = sample.input
+        unit = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)  # drawn on the CPU: the same field on every device
+        if gray < self.gray_prob and unit.shape[1] == 3:
+            unit = (0.299 * unit[:, 0:1] + 0.587 * unit[:, 1:2] + 0.114 * unit[:, 2:3])
+        levels = 2 ** math.ceil(math.log2(max(len(torch.unique((unit * 255).round())), 2)))
+        noise = torch.poisson(unit * levels, generator=g) / levels - unit
+        y = x + (noise * 2 * scale).to(device=x.device, dtype=x.dtype)  # [0, 1] -> [-1, 1] doubles the amplitude
         return with_input(sample, y.clamp(-1, 1) if self.clip else y)
