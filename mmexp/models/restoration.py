@@ -174,8 +174,8 @@ class RestorationModel(Restorer):
     ``real_logits`` (computed without a graph) and ``fake_features`` / ``real_features``; the discriminator
     side gets ``real_logits``, ``fake_logits``, ``real``, ``fake``, ``step`` and ``discriminator`` (with a
     conditional D, a callable ``image -> logits`` that adds the batch's condition, so the R1 and gradient
-    penalties differentiate with respect to the image only). Lightning's ``global_step`` counts every optimizer step, so with a
-    discriminator ``trainer.max_steps=S`` trains ``S / 2`` batches. Logs ``train/loss``, its unweighted parts
+    penalties differentiate with respect to the image only). Lightning's ``global_step`` counts every optimizer
+    step, so with a discriminator ``trainer.max_steps=S`` trains ``S / 2`` batches. Logs ``train/loss``, its unweighted parts
     ``train/loss/<term>``, and with a discriminator ``train/d_loss``, ``train/loss/d/<term>``,
     ``train/d_real``, ``train/d_fake`` (mean raw logits).
     """
