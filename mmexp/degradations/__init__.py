@@ -11,12 +11,14 @@ from .jpeg import JPEG, jpeg_roundtrip
 from .masks import BoxMask, FileMask, FreeFormMask, MaskDegradation, MixedMask, ObjectMask, OutpaintMask
 from .noise import GaussianNoise, PoissonNoise, sigma_to_unit_range
 from .resize import Downsample, RandomResize, imresize, resize_matrix
+from .translation import EdgeMap, ObjectMaskMap, canny_edges
 
 __all__ = [
     "BoxMask",
     "Compose",
     "Degradation",
     "Downsample",
+    "EdgeMap",
     "FileMask",
     "FreeFormMask",
     "GaussianBlur",
@@ -27,11 +29,13 @@ __all__ = [
     "MixedMask",
     "OneOf",
     "ObjectMask",
+    "ObjectMaskMap",
     "OutpaintMask",
     "PoissonNoise",
     "RandomResize",
     "Sample",
     "SincFilter",
+    "canny_edges",
     "derive_stage_seed",
     "gaussian_kernel",
     "generalized_gaussian_kernel",
