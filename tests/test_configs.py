@@ -43,7 +43,7 @@ def test_default_config(tmp_path):
 def test_every_option_composes(tmp_path, group):
     for option in options(group):
         overrides = [f"{group}={option}"]
-        if (group, option) in (("data", "folder"), ("data", "paired"), ("degradation", "file")):
+        if (group, option) in (("data", "folder"), ("data", "paired"), ("data", "aligned"), ("degradation", "file")):
             overrides.append(f"{group}.root={tmp_path}")
         cfg = compose_cfg(tmp_path, *overrides)
         # resolving catches bad interpolations

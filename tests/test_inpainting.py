@@ -94,8 +94,8 @@ def test_text_film_starts_as_the_identity_and_then_follows_the_caption():
 
 
 # ------------------------------------------------------------------------------------------ model and task
-def inpaint_cfg(tmp_path: Path, *extra: str):
-    cfg = compose_cfg(tmp_path, "model=inpaint", "degradation=box", *FAST, "data.batch_size=4",
+def inpaint_cfg(tmp_path: Path, *extra: str, model: str = "inpaint"):
+    cfg = compose_cfg(tmp_path, f"model={model}", "degradation=box", *FAST, "data.batch_size=4",
                       "data.eval_batch_size=4", *TINY_INPAINT, *extra)
     return use_paired_crops(cfg, 32)
 
@@ -152,3 +152,14 @@ def test_a_mask_of_the_wrong_size_is_refused_and_nothing_is_written(tmp_path, in
     pipe = mmexp.load(inpaint_checkpoint, device="cpu")
     with pytest.raises(ShapeMismatchError, match=r"hole mask of size \(57, 41\) for an image of size \(41, 57\)"):
         pipe.restore(tmp_path / "in" / "a.png", hole=torch.ones(57, 41))
+
+
+def test_inpaint_gan_trains_against_a_conditional_patchgan(tmp_path):
+    """model=inpaint_gan: the PatchGAN of the pix2pix branch judges cat(masked input, image); every LaMa term
+    (hole/valid L1, perceptual, adversarial, feature matching) and the discriminator's loss are logged."""
+    cfg = inpaint_cfg(tmp_path, "model.discriminator.base_channels=4", "model.discriminator.n_layers=1",
+                      "trainer.max_steps=4", "trainer.limit_val_batches=0", "logger=none", "metrics=none",
+                      model="inpaint_gan")
+    metrics = train(cfg)
+    assert {"train/loss/hole", "train/loss/valid", "train/loss/perceptual", "train/loss/adversarial",
+            "train/loss/feature_matching", "train/d_loss"} <= set(metrics), sorted(metrics)

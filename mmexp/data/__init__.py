@@ -6,6 +6,7 @@ Item / batch contract (``docs/interfaces.md``): ``image`` float32 ``[C, H, W]`` 
 ``frames`` ``[T, C, H, W]`` (clips), ``input``/``target`` (paired data), ``name`` str.
 """
 
+from .aligned import AlignedImageDataset
 from .base import SPLITS, BaseImageDataset, DatasetFormatError
 from .celeba import CelebADataset
 from .cifar10 import CIFAR10Dataset
@@ -23,6 +24,7 @@ from .video import MovingShapesDataset, VideoClipDataset
 
 __all__ = [
     "SPLITS",
+    "AlignedImageDataset",
     "BaseImageDataset",
     "CIFAR10Dataset",
     "CelebADataset",

@@ -57,6 +57,8 @@ class PairedImageDataset(EpochSeeded, BaseImageDataset):
 
     name = "paired"
     provides = ("image", "input", "target", "index", "name")
+    #: augmentation rotates by multiples of 90 degrees, beside flipping (a subclass may flip only)
+    rotate = True
 
     def __init__(
         self,
@@ -153,11 +155,16 @@ class PairedImageDataset(EpochSeeded, BaseImageDataset):
         img = img.convert("L") if self.channels == 1 else img.convert("RGB")
         return np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, self.channels)
 
+    def _load(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``p`` as ``(input, ground truth)`` uint8 ``[h, w, C]`` arrays (subclasses read other layouts)."""
+        _, lq_path, gt_path = self.pairs[p]
+        return self._read(lq_path), self._read(gt_path)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
         p = index % len(self.pairs)
-        name, lq_path, gt_path = self.pairs[p]
-        lq, gt = self._read(lq_path), self._read(gt_path)
+        name = self.pairs[p][0]
+        lq, gt = self._load(p)
         s, k = self.image_size, self.scale
         ls = s // k
         h, w = lq.shape[:2]
@@ -176,7 +183,7 @@ class PairedImageDataset(EpochSeeded, BaseImageDataset):
             gt = gt[top * k : top * k + s, left * k : left * k + s]
         if flip:
             lq, gt = lq[:, ::-1], gt[:, ::-1]
-        if rot:
+        if rot and self.rotate:
             lq, gt = np.rot90(lq, rot), np.rot90(gt, rot)
         target = uint8_to_tensor(np.ascontiguousarray(gt))
         return {"image": target, "input": uint8_to_tensor(np.ascontiguousarray(lq)), "target": target,

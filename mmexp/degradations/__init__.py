@@ -10,12 +10,14 @@ from .jpeg import JPEG, jpeg_roundtrip
 from .masks import BoxMask, FileMask, FreeFormMask, MaskDegradation, MixedMask, ObjectMask, OutpaintMask
 from .noise import GaussianNoise, sigma_to_unit_range
 from .resize import Downsample, RandomResize, imresize, resize_matrix
+from .translation import EdgeMap, ObjectMaskMap, canny_edges
 
 __all__ = [
     "BoxMask",
     "Compose",
     "Degradation",
     "Downsample",
+    "EdgeMap",
     "FileMask",
     "FreeFormMask",
     "GaussianBlur",
@@ -24,9 +26,11 @@ __all__ = [
     "MaskDegradation",
     "MixedMask",
     "ObjectMask",
+    "ObjectMaskMap",
     "OutpaintMask",
     "RandomResize",
     "Sample",
+    "canny_edges",
     "derive_stage_seed",
     "gaussian_kernel",
     "generator",

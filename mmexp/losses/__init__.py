@@ -19,7 +19,8 @@ discriminator and the images; a likelihood takes the decoder's ``log_sigma``). T
 
 - ``pred``, ``target``, ``pixel_weight``: prediction, target image, per-pixel weight (a mask);
 - ``real``, ``fake``: real and generated image batches; ``real_logits``, ``fake_logits``: D's raw
-  outputs on them; ``discriminator``: D itself; ``step``: index of the discriminator step;
+  outputs on them; ``real_features``, ``fake_features``: D's intermediate activations on them (feature
+  matching); ``discriminator``: D itself; ``step``: index of the discriminator step;
 - ``mu``, ``logvar``, ``log_sigma``: VAE posterior and decoder scale;
 - ``commitment``, ``codebook``: the vector quantiser's distances.
 
@@ -29,8 +30,8 @@ part is logged unweighted as ``train/loss/<name>``, for a GAN ``train/loss/d/<na
 the discriminator: the adversarial loss, penalties) and ``train/loss/g/<name>`` (the generator);
 validation logs ``val/loss`` and ``val/loss/<name>`` the same way.
 
-Modules: :mod:`.base` (LossTerm, LossSet), :mod:`.adversarial` (non-saturating, hinge, relativistic average,
-Wasserstein; gradient penalty, R1), :mod:`.reconstruction` (L1, MSE, Charbonnier),
+Modules: :mod:`.base` (LossTerm, LossSet), :mod:`.adversarial` (non-saturating, hinge, least squares,
+relativistic average, Wasserstein; feature matching; gradient penalty, R1), :mod:`.reconstruction` (L1, MSE, Charbonnier),
 :mod:`.perceptual` (ST-LPIPS), :mod:`.likelihood` (Gaussian / Bernoulli NLL), :mod:`.kl`
 (Gaussian KL), :mod:`.vq` (commitment, codebook).
 """

@@ -8,12 +8,21 @@ Adversarial terms act on both sides: ``d_loss(real_logits, fake_logits)`` is the
   minimises ``softplus(-D(G(z)))``.
 - :class:`HingeLoss`: Lim & Ye, "Geometric GAN", 2017; Miyato et al., "Spectral Normalization for
   GANs", ICLR 2018: D minimises ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G minimises ``-D(G(z))``.
+- :class:`LSGANLoss`: Mao et al., "Least Squares Generative Adversarial Networks", ICCV 2017, as pix2pix's and
+  CycleGAN's ``gan_mode=lsgan``: D minimises ``(D(x) - 1)^2 + D(G(z))^2``, G minimises ``(D(G(z)) - 1)^2``.
 - :class:`WassersteinLoss`: Arjovsky et al., "Wasserstein GAN", ICML 2017: the critic minimises
   ``D(G(z)) - D(x)``, G minimises ``-D(G(z))``; needs a Lipschitz constraint such as
   :class:`GradientPenalty`.
 - :class:`RelativisticAverageLoss`: Jolicoeur-Martineau, "The relativistic discriminator: a key element
   missing from standard GAN", ICLR 2019, as ESRGAN uses it: D judges whether a real image is more
   realistic than the average fake (and the reverse); the generator's side needs ``real_logits`` too.
+
+:class:`FeatureMatchingLoss` (Wang et al., "pix2pixHD", CVPR 2018) acts on the generator only: L1 between the
+discriminator's intermediate features of the real and the generated image.
+
+Any of the four non-relativistic losses takes per-patch logits ``[B, 1, H, W]`` (a PatchGAN's) as well as
+``[B]``: the means run over every logit. pix2pix halves D's objective "to slow D down"; with Adam a constant
+factor on a loss changes nothing but the epsilon's relative size, so it is not done here.
 
 Regularisers act on the discriminator only and take the networks and images explicitly:
 
@@ -113,6 +122,27 @@ class HingeLoss(AdversarialLoss):
         return -logits
 
 
+class LSGANLoss(AdversarialLoss):
+    """Least-squares GAN loss (Mao et al. 2017) with targets 1 (real) and 0 (fake), as pix2pix's ``lsgan``
+    mode (``MSELoss`` against those targets, no factor 1/2).
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+    """
+
+    @staticmethod
+    def real_part(logits: Tensor) -> Tensor:
+        return (logits - 1.0).pow(2)
+
+    @staticmethod
+    def fake_part(logits: Tensor) -> Tensor:
+        return logits.pow(2)
+
+    @staticmethod
+    def generator_part(logits: Tensor) -> Tensor:
+        return (logits - 1.0).pow(2)
+
+
 class WassersteinLoss(AdversarialLoss):
     """Wasserstein critic loss (Arjovsky et al. 2017); pair it with :class:`GradientPenalty`.
 
@@ -156,6 +186,29 @@ class RelativisticAverageLoss(LossTerm):
         real_rel = real_logits - fake_logits.mean()
         fake_rel = fake_logits - real_logits.mean()
         return 0.5 * (F.softplus(real_rel).mean() + F.softplus(-fake_rel).mean())
+
+
+class FeatureMatchingLoss(LossTerm):
+    """Discriminator feature matching (pix2pixHD, Wang et al. 2018): the mean over D's layers of the mean
+    absolute difference between its features of the generated and of the real image (the real ones detached:
+    the term trains the generator only, and D is frozen during the generator's step).
+
+    Args:
+        weight (float): weight of the term. pix2pixHD weighs each of the ``n_layers + 1`` layers of each of
+            ``num_D`` scales by ``4 / (n_layers + 1) / num_D`` and ``lambda_feat = 10``, i.e. 4 x the mean over
+            all layers x 10: weight 40 here reproduces it. Default: 1.0.
+
+    ``forward(fake_features, real_features)``: equal-length lists of feature maps (a discriminator's
+    ``forward(x, return_features=True)``, e.g. :class:`mmexp.networks.discriminators.PatchGANDiscriminator`);
+    :class:`mmexp.models.restoration.RestorationModel` computes them when the loss has this term.
+    """
+
+    def forward(self, fake_features: list[Tensor], real_features: list[Tensor]) -> Tensor:
+        if len(fake_features) != len(real_features) or not fake_features:
+            raise ValueError(f"FeatureMatchingLoss: {len(fake_features)} fake and {len(real_features)} real "
+                             "feature maps; they must be as many, and at least one")
+        per_layer = [F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features)]
+        return torch.stack(per_layer).mean()
 
 
 def input_gradient(discriminator: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

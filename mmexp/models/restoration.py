@@ -3,7 +3,8 @@
 :class:`Restorer` is what every restorer shares, trained or not: the batch contract (``input`` -> ``target``),
 validation outputs for the paired metrics, the input | output | target preview and :meth:`Restorer.restore`
 (used by ``task=restore``, ``task=eval`` and ``mmexp.load(CKPT).restore(...)``). :class:`RestorationModel`
-trains a network on it (L1 / Charbonnier / perceptual losses, optionally a discriminator: ESRGAN);
+trains a network on it (L1 / Charbonnier / perceptual losses, optionally a discriminator: ESRGAN's, or pix2pix's
+conditional PatchGAN with feature matching);
 the classical peers (bicubic, non-local means, BM3D, Telea) are in :mod:`mmexp.models.baselines`.
 """
 
@@ -152,8 +153,15 @@ class RestorationModel(Restorer):
         optimizer (Callable): Hydra partial ``optimizer(params=...)`` of the network.
         scheduler (Callable | None): partial ``scheduler(optimizer=...)``, stepped after every network step.
             Default: None.
-        discriminator (nn.Module | None): ``images -> logits``; with it the loss needs a term with ``d_loss``
-            (e.g. :class:`mmexp.losses.adversarial.RelativisticAverageLoss`, ESRGAN). Default: None.
+        discriminator (nn.Module | None): ``images -> logits`` (``[B]`` or a patch map ``[B, 1, H, W]``); with
+            it the loss needs a term with ``d_loss``: ESRGAN's
+            :class:`~mmexp.losses.adversarial.RelativisticAverageLoss` or a standard one (``NonSaturatingLoss``,
+            ``HingeLoss``, ``LSGANLoss``: pix2pix). A :class:`~mmexp.losses.adversarial.FeatureMatchingLoss`
+            term needs a discriminator with ``forward(x, return_features=True)`` (e.g.
+            :class:`mmexp.networks.discriminators.PatchGANDiscriminator`). Default: None.
+        conditional_discriminator (bool): D judges ``cat(input, image)`` as pix2pix's conditional GAN does, the
+            input resized (bicubic) to the output's size when they differ (SR); D's ``cond_channels`` must be
+            the input's channels. Default: False (D judges the image alone).
         optimizer_d, scheduler_d (Callable | None): the discriminator's, as ``optimizer``/``scheduler``.
             Default: None.
         ema_decay (float | None): keep an EMA of the network (used by :meth:`restore`, validation and
@@ -166,8 +174,12 @@ class RestorationModel(Restorer):
         sample_seed, finite_check_every_n_steps, log_every_n_steps: see :class:`GenerativeModule`.
 
     Training (manual optimisation): one network step per batch, then, with a discriminator, one
-    discriminator step on the same batch (ESRGAN's order; its relativistic loss compares each real image
-    with the batch's fakes). Lightning's ``global_step`` counts every optimizer step, so with a
+    discriminator step on the same batch (ESRGAN's and pix2pix's order; the relativistic loss compares each real
+    image with the batch's fakes). The generator-side loss gets ``fake_logits``, and when a term takes them
+    ``real_logits`` (computed without a graph) and ``fake_features`` / ``real_features``; the discriminator
+    side gets ``real_logits``, ``fake_logits``, ``real``, ``fake``, ``step`` and ``discriminator`` (with a
+    conditional D, a callable ``image -> logits`` that adds the batch's condition, so the R1 and gradient
+    penalties differentiate with respect to the image only). Lightning's ``global_step`` counts every optimizer step, so with a
     discriminator ``trainer.max_steps=S`` trains ``S / 2`` batches. Logs ``train/loss``, its unweighted parts
     ``train/loss/<term>``, and with a discriminator ``train/d_loss``, ``train/loss/d/<term>``,
     ``train/d_real``, ``train/d_fake`` (mean raw logits).
@@ -176,7 +188,8 @@ class RestorationModel(Restorer):
     def __init__(self, network: nn.Module, loss: LossSet, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, discriminator: nn.Module | None = None,
                  optimizer_d: Callable[..., torch.optim.Optimizer] | None = None,
-                 scheduler_d: Callable[..., Any] | None = None, ema_decay: float | None = None,
+                 scheduler_d: Callable[..., Any] | None = None, conditional_discriminator: bool = False,
+                 ema_decay: float | None = None,
                  ema_start: int = 0, inpainting: bool = False, pretrained: bool = False, num_preview: int = 4,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
                  log_every_n_steps: int | None = None) -> None:
@@ -189,7 +202,7 @@ class RestorationModel(Restorer):
         self.needs_checkpoint = not pretrained
         if not isinstance(loss, LossSet) or not loss.names("model"):
             raise ConfigError(f"RestorationModel: loss must be a LossSet with a term on the network, got {loss!r}; "
-                              "choose loss=l1, charbonnier, l1_perceptual or esrgan")
+                              "choose loss=l1, charbonnier, l1_perceptual, esrgan or pix2pix")
         adversarial = bool(loss.names("discriminator"))
         if adversarial and discriminator is None:
             raise ConfigError(f"RestorationModel: loss terms {loss.names('discriminator')} train a discriminator "
@@ -198,6 +211,11 @@ class RestorationModel(Restorer):
             raise ConfigError("RestorationModel: a discriminator needs an adversarial loss term (loss=esrgan)")
         if discriminator is not None and optimizer_d is None:
             raise ConfigError("RestorationModel: a discriminator needs optimizer_d")
+        self.conditional_discriminator = bool(conditional_discriminator)
+        if discriminator is not None:
+            self._check_discriminator(network, discriminator, loss)
+        elif self.conditional_discriminator:
+            raise ConfigError("RestorationModel: conditional_discriminator=true but the model has no discriminator")
         self.network, self.discriminator, self.loss = network, discriminator, loss
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.optimizer_d_fn, self.scheduler_d_fn = optimizer_d, scheduler_d
@@ -218,6 +236,35 @@ class RestorationModel(Restorer):
             conditioner.prepare_from(dm, ("train", "val"))
             if self.ema is not None:
                 self.ema.module.conditioner.prepare_from(dm, ("train", "val"))
+
+    def _check_discriminator(self, network: nn.Module, d: nn.Module, loss: LossSet) -> None:
+        cond = int(getattr(d, "cond_channels", 0))
+        in_channels = int(getattr(network, "in_channels", self.channels))
+        if self.conditional_discriminator and cond != in_channels:
+            raise ConfigError(
+                f"RestorationModel: a conditional discriminator sees cat(input, image): its cond_channels must be "
+                f"the input's {in_channels} channels, got {cond} (set model.discriminator.cond_channels)")
+        if not self.conditional_discriminator and cond:
+            raise ConfigError(f"RestorationModel: the discriminator expects a {cond}-channel condition but "
+                              "conditional_discriminator is false; set one or the other")
+        wants = {"real_features", "fake_features"} & loss.input_names("model")
+        if wants and not _accepts(d.forward, "return_features"):
+            raise ConfigError(f"RestorationModel: loss terms take {sorted(wants)} (feature matching) but "
+                              f"{type(d).__name__}.forward has no return_features; use a PatchGANDiscriminator")
+
+    def _condition(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """What a conditional D sees beside the image: the input at the output's size (None: unconditional)."""
+        if not self.conditional_discriminator:
+            return None
+        if input.shape[-2:] != target.shape[-2:]:
+            input = F.interpolate(input, size=target.shape[-2:], mode="bicubic", align_corners=False)
+        return input
+
+    def judge(self, image: torch.Tensor, condition: torch.Tensor | None = None, features: bool = False):
+        """The discriminator's logits on ``image`` (with ``condition`` prepended on the channels when given),
+        or ``(logits, features)`` with ``features=True``."""
+        x = image if condition is None else torch.cat([condition, image], 1)
+        return self.discriminator(x, return_features=True) if features else self.discriminator(x)
 
     @property
     def sampler(self) -> nn.Module:
@@ -271,10 +318,22 @@ class RestorationModel(Restorer):
         if hole is not None:
             inputs["pixel_weight"] = hole
         d = self.discriminator
+        cond = self._condition(x, y) if d is not None else None
         if d is not None:
+            wants = self.loss.input_names("model")
+            features = bool({"real_features", "fake_features"} & wants)
             d.requires_grad_(False)
-            inputs["real_logits"] = d(y).detach()
-            inputs["fake_logits"] = d(pred)
+            if features or "real_logits" in wants:  # real before fake, as ESRGAN (BatchNorm statistics' order)
+                with torch.no_grad():  # G's update must not reach D through the real branch
+                    real = self.judge(y, cond, features=features)
+                if features:
+                    inputs["real_logits"], inputs["real_features"] = real
+                else:
+                    inputs["real_logits"] = real
+            if features:
+                inputs["fake_logits"], inputs["fake_features"] = self.judge(pred, cond, features=True)
+            else:
+                inputs["fake_logits"] = self.judge(pred, cond)
         try:
             out = self.loss(**inputs)
             ok = self.guard_finite(snapshot, **{"train/loss": out.total})
@@ -294,8 +353,9 @@ class RestorationModel(Restorer):
         if d is not None:
             opt_d = optimizers[1]
             fake = pred.detach()
-            real_logits, fake_logits = d(y), d(fake)
-            d_out = self.loss.d_loss(real_logits=real_logits, fake_logits=fake_logits, discriminator=d, real=y,
+            real_logits, fake_logits = self.judge(y, cond), self.judge(fake, cond)
+            judge = d if cond is None else (lambda image: self.judge(image, cond))
+            d_out = self.loss.d_loss(real_logits=real_logits, fake_logits=fake_logits, discriminator=judge, real=y,
                                      fake=fake, step=self.global_step // 2)
             ok_d = self.guard_finite(snapshot, **{"train/loss": out.total, "train/d_loss": d_out.total})
             opt_d.zero_grad(set_to_none=True)
