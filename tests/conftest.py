@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import os
 import subprocess
 import sys
@@ -161,6 +163,10 @@ TINY = {
                   "model.denoiser.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "model.denoiser.attention_head_dim=2",
                   "model.conditioner.dim=16", "model.sampler.steps=2", "model.num_per_prompt=2",
                   "model.num_preview_rows=2"],
+    # a two-level gated U-Net (4 and 8 channels) with one Fourier block
+    "inpaint": ["model.network.channels=[4,8]", "model.network.num_blocks=1"],
+    "inpaint_text": ["model.network.channels=[4,8]", "model.network.num_blocks=1", "model.network.conditioner.dim=16",
+                     "text_encoder.dim=16", "text_encoder.depth=1", "text_encoder.heads=2"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 
@@ -179,6 +185,8 @@ def data_roots(tmp_path_factory) -> dict[str, list[str]]:
         "folder": [f"data.root={fixtures.write_image_folder_fixture(base / 'folder')}", "data.image_size=32",
                    "data.dataset.val_fraction=0.25", "data.dataset.test_fraction=0.25"],
     }
+    if importlib.util.find_spec("skimage") is not None:  # the photos scikit-image ships (the test extra has it)
+        roots["photos"] = ["data.dataset.packages=[skimage]", "data.dataset.train_crops_per_image=2"]
     if Path(FASHION_ROOT, "train-images-idx3-ubyte.gz").exists() or Path(FASHION_ROOT, "train-images-idx3-ubyte").exists():
         roots["fashion_mnist"] = [f"data.root={FASHION_ROOT}"]
     return roots

@@ -21,7 +21,8 @@ def test_experiment_fast_dev_run(tmp_path, data_roots, experiment):
     model = Path(composed.hydra.runtime.choices.model).name
     if data not in data_roots:
         pytest.skip(f"experiment {experiment} needs {data}'s files")
-    cfg = compose_cfg(tmp_path, f"experiment={experiment}", "debug=fdr", "metrics=none", *FAST,
+    # test=false: the classical peers' scoring (test split, whole photos) is tested on its own
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}", "debug=fdr", "metrics=none", "test=false", *FAST,
                       "data.batch_size=4", "data.eval_batch_size=4", *TINY[model], *data_roots[data])
     metrics = train(cfg)
     assert any(k.startswith("train/") for k in metrics), OmegaConf.to_yaml(cfg.model)
