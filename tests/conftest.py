@@ -165,6 +165,10 @@ TINY = {
                   "model.num_preview_rows=2"],
     "msrresnet": ["model.network.num_feat=8", "model.network.num_block=1"],
     "dncnn": ["model.network.depth=3", "model.network.num_feat=8"],
+    # a two-level gated U-Net (4 and 8 channels) with one Fourier block
+    "inpaint": ["model.network.channels=[4,8]", "model.network.num_blocks=1"],
+    "inpaint_text": ["model.network.channels=[4,8]", "model.network.num_blocks=1", "model.network.conditioner.dim=16",
+                     "text_encoder.dim=16", "text_encoder.depth=1", "text_encoder.heads=2"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 

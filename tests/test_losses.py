@@ -250,6 +250,10 @@ def test_reconstruction_terms():
     torch.testing.assert_close(L1Loss()(pred, target, mask), inside.mean())
     torch.testing.assert_close(MSELoss()(pred, target, mask), d.pow(2)[:, :, 8:20, 4:30].mean())
     assert L1Loss()(pred, target, torch.zeros(B, 1, S, S)) == 0
+    # complement: the known pixels around an inpainting hole (Liu et al.'s "valid" term)
+    outside = torch.ones_like(d, dtype=torch.bool)
+    outside[:, :, 8:20, 4:30] = False
+    torch.testing.assert_close(L1Loss(complement=True)(pred, target, mask), d.abs()[outside].mean())
     with pytest.raises(ValueError, match=r"\(4, 2, 32, 32\)"):
         L1Loss()(pred, target, torch.ones(B, 2, S, S))
     with pytest.raises(ValueError, match=r"\(4, 3, 16, 16\)"):

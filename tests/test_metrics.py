@@ -172,6 +172,35 @@ def test_psnr_ssim_match_basicsr_definitions(y_channel, crop_border):
     assert set(out) == {"psnr", "ssim"}
 
 
+@pytest.mark.parametrize("crop_border", [0, 3])
+def test_psnr_inside_the_holes(crop_border):
+    """psnr_hole = PSNR over the hole's pixels only (skimage on those pixels), averaged over the images that have a
+    hole; the known pixels (equal here) do not dilute it, so it is far below the whole-image PSNR."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    x, y = _photo_pair(size=48, sigma=0.1, seed=1)
+    hole = torch.zeros(3, 1, 48, 48)
+    hole[0, :, 10:30, 5:20] = 1
+    hole[1, :, 40:48, 0:48] = 1
+    pred = torch.cat([torch.where(hole[i:i + 1] > 0, y, x) for i in range(3)])  # image 2: no hole, pred = target
+    target = x.expand(3, -1, -1, -1)
+    suite = MetricSuite(metrics="psnr", crop_border=crop_border)
+    suite.update_pair(pred[:2], target[:2], hole=hole[:2])
+    suite.update_pair(pred[2:], target[2:], hole=hole[2:])
+    out = suite.compute()
+    c = crop_border
+    refs = []
+    for i in range(2):
+        inside = hole[i, 0, c:48 - c, c:48 - c].numpy() > 0
+        a = prepare(pred[i:i + 1], crop_border=c)[0].permute(1, 2, 0).numpy()[inside]
+        b = prepare(target[i:i + 1], crop_border=c)[0].permute(1, 2, 0).numpy()[inside]
+        refs.append(peak_signal_noise_ratio(b.astype(np.float64), a.astype(np.float64), data_range=1.0))
+    assert out["psnr_hole"] == pytest.approx(np.mean(refs), abs=1e-6)
+    assert out["psnr"] == float("inf") or out["psnr"] > out["psnr_hole"] + 5
+    with pytest.raises(ValueError, match=r"hole \(2, 1, 48, 47\)"):
+        suite.update_pair(pred[:2], target[:2], hole=hole[:2, :, :, :47])
+
+
 # ------------------------------------------------------------------------------------ perceptual
 def test_perceptual_named_honestly(metrics_cache):
     # metrics_cache: a private, empty torch hub cache -> torchvision's backbone is absent -> st_lpips

@@ -87,7 +87,7 @@ class ValidationMetrics(pl.Callback):
         elif "recon" in outputs:
             self.suite.update_reconstruction(outputs["recon"], index)
         if "pred" in outputs and "target" in outputs:
-            self.suite.update_pair(outputs["pred"], outputs["target"], index)
+            self.suite.update_pair(outputs["pred"], outputs["target"], index, hole=outputs.get("hole"))
 
     def _top_up_fakes(self, pl_module: pl.LightningModule) -> None:
         """Generate the samples of index < num_samples that the split did not provide (each rank a share)."""

@@ -3,6 +3,7 @@ for classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion Guidance
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from mmexp.conditioning.base import TextEncoder, check_captions
 from mmexp.conditioning.condition import Condition
 from mmexp.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
 class LabelEncoder(nn.Module):
     """Class label -> vector: an embedding table (the class embedding of class-conditional GANs and diffusion
@@ -139,6 +141,20 @@ class Conditioner(nn.Module):
         if not self.text_encoder.vocabulary_built:
             self.text_encoder.fit_vocabulary(captions)
         self.text_encoder.warm(captions, dataset)
+
+    def prepare_from(self, datamodule: Any, splits: Sequence[str] = ("train", "val")) -> None:
+        """:meth:`prepare` with the captions of a datamodule's ``splits`` (those it has; a datamodule without a
+        val split still trains). Does nothing without text."""
+        captions: list[str] = []
+        if self.uses_text:
+            for split in splits:
+                try:
+                    ds = datamodule.dataset(split)
+                except Exception as err:  # noqa: BLE001
+                    log.debug("no %s split for captions: %s", split, err)
+                    continue
+                captions += ds.captions() if hasattr(ds, "captions") else [ds[i]["caption"] for i in range(len(ds))]
+        self.prepare(captions or None, dataset=str(getattr(datamodule, "name", "data")))
 
     # ------------------------------------------------------------------ dropout
     def sample_drop(self, batch_size: int, generator: torch.Generator | None = None

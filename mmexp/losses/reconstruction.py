@@ -42,13 +42,23 @@ class L1Loss(LossTerm):
 
     Args:
         weight (float): weight of the term. Default: 1.0.
+        complement (bool): weigh by ``1 - pixel_weight`` instead: with an inpainting hole as the pixel weight,
+            the L1 of the known pixels (the "valid" term beside the "hole" term of Liu et al., "Image Inpainting
+            for Irregular Holes Using Partial Convolutions", ECCV 2018). Default: False.
     """
+
+    def __init__(self, weight: float = 1.0, complement: bool = False) -> None:
+        super().__init__(weight)
+        self.complement = bool(complement)
 
     def forward(self, pred: Tensor, target: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
         _check(type(self).__name__, pred, target)
         if pixel_weight is None:
             return F.l1_loss(pred, target)
-        return weighted_mean((pred - target).abs(), pixel_weight)
+        return weighted_mean((pred - target).abs(), 1 - pixel_weight if self.complement else pixel_weight)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", complement=True" if self.complement else "")
 
 
 class MSELoss(LossTerm):

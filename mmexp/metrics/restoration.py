@@ -11,7 +11,9 @@ Conventions (BasicSR's ``calculate_psnr`` / ``calculate_ssim``):
 - SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, "valid" region only,
   mean of the SSIM map per channel, then the mean over channels (= skimage ``structural_similarity(
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`` and BasicSR ``_ssim``);
-- each metric is computed per image and averaged over images.
+- each metric is computed per image and averaged over images;
+- ``psnr_hole`` (inpainting): PSNR over the hole's pixels only (after the same conversion and crop), averaged
+  over the images that have a hole.
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
     """PSNR of each image pair ``[N, C, H, W]`` (float64 accumulation); inf for identical images."""
     mse = (pred.to(torch.float64) - target.to(torch.float64)).pow(2).flatten(1).mean(dim=1)
     return 10 * torch.log10(data_range**2 / mse)
+
+
+def psnr_masked_per_image(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          data_range: float = 1.0) -> torch.Tensor:
+    """PSNR of each image pair ``[N, C, H, W]`` over the pixels where ``mask [N, 1, H, W]`` is set (an inpainting
+    hole: the known pixels around it, equal in every method's output, no longer dilute the difference); every
+    channel of those pixels counts. NaN for an image whose mask is empty."""
+    m = (mask > 0.5).to(torch.float64).expand_as(pred)
+    err = (pred.to(torch.float64) - target.to(torch.float64)).pow(2) * m
+    count = m.flatten(1).sum(dim=1)
+    mse = err.flatten(1).sum(dim=1) / count
+    return torch.where(count > 0, 10 * torch.log10(data_range**2 / mse), torch.full_like(mse, float("nan")))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -63,7 +63,7 @@ from mmexp.metrics.protocol import (  # noqa: F401 - re-exported: the suite's na
     result_name,
 )
 from mmexp.metrics.reference import ReferenceStatistics
-from mmexp.metrics.restoration import prepare, psnr_per_image, ssim_per_image
+from mmexp.metrics.restoration import prepare, psnr_masked_per_image, psnr_per_image, ssim_per_image
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +315,18 @@ class MetricSuite(ReferenceStatistics, nn.Module):
 
     @torch.inference_mode()
     def update_pair(self, pred: torch.Tensor, target: torch.Tensor,
-                    indices: torch.Tensor | Sequence[int] | None = None) -> None:
-        """Paired prediction/target images in [-1, 1] (same shape) for psnr/ssim/lpips."""
+                    indices: torch.Tensor | Sequence[int] | None = None, hole: torch.Tensor | None = None) -> None:
+        """Paired prediction/target images in [-1, 1] (same shape) for psnr/ssim/lpips. With ``hole`` (``[N, 1,
+        H, W]``, 1 = filled pixel: inpainting) psnr is also reported inside the holes, as ``psnr_hole``; give it
+        with every batch of a run or with none."""
         if not self.paired_metrics:
             return
         if pred.shape != target.shape:
             raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        if hole is not None and (hole.dim() != 4 or hole.shape[1] != 1 or hole.shape[0] != pred.shape[0]
+                                 or hole.shape[-2:] != pred.shape[-2:]):
+            raise ValueError(f"hole {tuple(hole.shape)} does not fit images {tuple(pred.shape)}: expected "
+                             f"{(pred.shape[0], 1, *pred.shape[-2:])}")
         index = self._indices("pairs", indices, pred.shape[0])
         values = {}
         if "psnr" in self.metrics or "ssim" in self.metrics:
@@ -328,6 +334,10 @@ class MetricSuite(ReferenceStatistics, nn.Module):
             t = prepare(target, self.y_channel, self.crop_border, self.quantize)
             if "psnr" in self.metrics:
                 values["psnr"] = psnr_per_image(p, t)
+                if hole is not None:
+                    c = int(self.crop_border)
+                    h = hole[..., c:-c, c:-c] if c else hole
+                    values["psnr_hole"] = psnr_masked_per_image(p, t, h.to(p.device))
             if "ssim" in self.metrics:
                 values["ssim"] = ssim_per_image(p, t)
         if "lpips" in self.metrics or "st_lpips" in self.metrics:
@@ -404,7 +414,8 @@ class MetricSuite(ReferenceStatistics, nn.Module):
         pairs = self._pairs.gather()[1] if self.paired_metrics else {}
         for name, values in pairs.items():
             key = self.perceptual_name if name == "perceptual" else name
-            out[key] = float(values.double().mean())
+            # psnr_hole is NaN for an image without a hole: averaged over the images that have one
+            out[key] = float(values.double().nanmean())
         if self.faithfulness_metrics:
             from mmexp.metrics.faithfulness import summarize
 

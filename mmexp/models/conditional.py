@@ -81,16 +81,7 @@ class ConditionalModule(GenerativeModule):
     def prepare_conditions(self, datamodule: Any) -> None:
         """Build the learned vocabulary / warm a frozen encoder's cache from the captions of the train and val
         splits (once; the vocabulary then travels in the checkpoint), and remember the val split for top-ups."""
-        captions: list[str] = []
-        if self.conditioner.uses_text:
-            for split in ("train", "val"):
-                try:
-                    ds = datamodule.dataset(split)
-                except Exception as err:  # noqa: BLE001 - a datamodule without a val split still trains
-                    log.debug("no %s split for captions: %s", split, err)
-                    continue
-                captions += ds.captions() if hasattr(ds, "captions") else [ds[i]["caption"] for i in range(len(ds))]
-        self.conditioner.prepare(captions or None, dataset=str(getattr(datamodule, "name", "data")))
+        self.conditioner.prepare_from(datamodule, ("train", "val"))
         try:
             self._reference_split = datamodule.dataset("val")
         except Exception:  # noqa: BLE001

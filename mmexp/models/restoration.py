@@ -105,12 +105,16 @@ class Restorer(GenerativeModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """``pred``/``target`` (paired metrics) and ``input``, in [-1, 1]."""
+        """``pred``/``target`` (paired metrics) and ``input``, in [-1, 1]; inpainting: and ``hole`` (the metrics
+        then also report PSNR inside the holes, ``psnr_hole``)."""
         self.check_batch(batch)
         x, y = batch["input"], batch["target"]
         pred = self.restore(x, hole=batch.get("hole"), caption=batch.get("caption"))
         self.check_output(pred, y, x)
-        return {"pred": pred, "target": y, "input": x}
+        out = {"pred": pred, "target": y, "input": x}
+        if self.inpainting:
+            out["hole"] = batch["hole"]
+        return out
 
     def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Three rows of ``k = min(num_preview, B)``: input (nearest-upsampled to the output size), output,
@@ -140,7 +144,8 @@ class RestorationModel(Restorer):
             :class:`mmexp.networks.srresnet.MSRResNet`, :class:`~mmexp.networks.rrdbnet.RRDBNet`,
             :class:`~mmexp.networks.dncnn.DnCNN`); its ``upscale`` (default 1), ``out_channels`` and
             ``size_multiple`` (default 1) are read. A network whose ``forward`` takes ``hole`` / ``caption``
-            receives them.
+            receives them; one with a ``conditioner`` (text-guided inpainting: ``model=inpaint_text``) adds its
+            ``required_keys`` to the model's and gets its vocabulary from the data's captions in ``setup``.
         loss (LossSet): the loss (``conf/loss/``: ``l1``, ``charbonnier``, ``l1_perceptual``, ``esrgan``). Terms
             may take ``pred``, ``target``, ``pixel_weight`` (the hole for inpainting), and with a discriminator
             ``fake_logits`` and ``real_logits`` (generator side) and the discriminator-side inputs of
@@ -217,8 +222,20 @@ class RestorationModel(Restorer):
         self.scale = int(getattr(network, "upscale", 1))
         self.size_multiple = int(getattr(network, "size_multiple", 1))
         self._takes = {k: _accepts(network.forward, k) for k in ("hole", "caption")}
+        # a text-guided network (its conditioner) needs the batch's captions too
+        self.required_keys = (*self.required_keys, *getattr(network, "required_keys", ()))
         self.ema = EMA(network, ema_decay, ema_start) if ema_decay is not None else None
         self._sched: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # a text-guided network: its learned vocabulary (or a frozen encoder's cache) from the data's captions
+        conditioner = getattr(self.network, "conditioner", None)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if conditioner is not None and dm is not None and hasattr(dm, "dataset"):
+            conditioner.prepare_from(dm, ("train", "val"))
+            if self.ema is not None:
+                self.ema.module.conditioner.prepare_from(dm, ("train", "val"))
 
     def _check_discriminator(self, network: nn.Module, d: nn.Module, loss: LossSet) -> None:
         cond = int(getattr(d, "cond_channels", 0))
