@@ -202,3 +202,40 @@ def test_t2i_protocol_composes(tmp_path):
     assert suite.metrics == ("fid", "kid", "caption_acc", "label_acc") and suite.splits == ("val", "compositional")
     assert suite.attribute_reader.cache_dir == str(cfg.paths.cache_dir)
     assert instantiate(cfg.data).dataset("compositional").holdout == (("red", "circle"),)
+
+
+def test_eval_t2i_scores_val_and_compositional_splits_of_a_trained_text_model(tmp_path, reader):
+    """task=eval metrics=t2i on a checkpoint of a (tiny, 2-step) text-conditioned diffusion model writes caption
+    accuracy for the val and the compositional split, with the protocol (splits, counts, reader) beside them."""
+    import json
+    from pathlib import Path
+
+    from mmexp.evaluate import evaluate
+    from mmexp.train import train
+    from tests.conftest import FAST, TINY, compose_cfg
+
+    data = ["data.dataset.num_train=32", "data.dataset.num_val=12", "data.dataset.num_compositional=10",
+            "data.dataset.max_shapes=1", "data.dataset.holdout=[red circle,blue square]"]
+    run = compose_cfg(tmp_path / "train", "model=diffusion", *FAST, *TINY["diffusion"], *data, "data.batch_size=8",
+                      "metrics=none", "trainer.max_steps=2", "trainer.limit_val_batches=0", "logger=none")
+    train(run)
+    ckpt = Path(run.paths.output_dir) / "checkpoints" / "last.ckpt"
+    # the module's tiny reader, found in its cache by its config
+    tiny_reader = [f"metrics.attribute_reader.{k}={v}" for k, v in TINY_READER.items()]
+    cfg = compose_cfg(tmp_path / "eval", "task=eval", f"ckpt_path={ckpt}", "metrics=t2i", "metrics.metrics=[caption_acc]",
+                      "metrics.num_samples=10", "metrics.reference_samples=10", "metrics.batch_size=5", *tiny_reader,
+                      f"metrics.attribute_reader.cache_dir={reader.cache_dir}", "trainer=cpu",
+                      "trainer.enable_progress_bar=false")
+    results = evaluate(cfg)
+    saved = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    for prefix in ("eval", "eval_compositional"):
+        for check in ("color", "shape", "size", "background", "all"):
+            assert 0 <= saved[f"{prefix}/caption_{check}"] <= 1, (prefix, check, saved)
+            assert saved[f"{prefix}/caption_{check}"] == pytest.approx(results[f"{prefix}/caption_{check}"])
+        # the ceiling: real images of the split with their own captions, read by the same reader
+        assert saved[f"{prefix}/real_caption_color"] >= 0.9, saved
+    assert saved["protocol/name"] == "t2i" and json.loads(saved["protocol/splits"]) == ["val", "compositional"]
+    assert saved["protocol/counts/num_captioned"] == 10 and saved["protocol/counts_compositional/num_captioned"] == 10
+    assert saved["protocol/faithfulness/reader/key"] == reader.key
+    beside = ckpt.parents[1] / "eval" / "t2i.json"
+    assert json.loads(beside.read_text())["eval_compositional/caption_color"] == saved["eval_compositional/caption_color"]

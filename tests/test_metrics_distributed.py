@@ -110,3 +110,82 @@ def test_gather_without_process_group_sorts_and_drops_repeats():
     index, values = samples.gather()
     assert index.tolist() == [0, 2, 4, 5] and values["v"].flatten().tolist() == [0.0, 2.0, 4.0, 5.0]
     assert not mdist.is_distributed() and mdist.all_gather_cat(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+# -- caption and label accuracy (metrics=t2i) under DDP ------------------------------------------------------
+# the small reader of tests/test_faithfulness.py (seconds of CPU): good enough that accuracies are not all 0
+READER = {"num_train": 384, "pixel_steps": 300, "batch_size": 2048, "head_steps": 600, "width": 16}
+N_CAPTIONED = 11  # odd: the sampler pads the last round with a repeat
+
+
+def _captioned_data():
+    """Real shapes images with captions and labels, half of them another image's (so accuracies are not all 1)."""
+    from mmexp.data.shapes import ShapesDataset
+
+    store = ShapesDataset("val", num_val=N_CAPTIONED, seed=5, max_shapes=2).rendered()
+    images = torch.from_numpy(store["images"]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    captions = [str(c) for c in store["captions"]]
+    labels = torch.from_numpy(store["labels"])
+    half = N_CAPTIONED // 2
+    captions = captions[:half] + captions[half + 1:] + captions[half:half + 1]
+    labels = torch.cat([labels[:half], labels[half:].roll(1)])
+    return images, captions, labels
+
+
+def _feed_captioned(suite, images, captions, labels, indices, batch: int = 3) -> None:
+    for i in range(0, len(indices), batch):
+        idx = torch.tensor(indices[i : i + batch])
+        caps = [captions[j] for j in idx.tolist()]
+        suite.update_conditional(images[idx], caps, labels[idx], idx)  # the generated images' conditions
+        suite.update_conditional(images[idx], caps, None, idx, real=True)  # the reader's ceiling
+
+
+def _captioned_suite(cache_dir: str) -> MetricSuite:
+    from mmexp.metrics.faithfulness import AttributeReader
+
+    reader = AttributeReader(cache_dir=cache_dir, **READER)  # trained by the test, loaded from its cache here
+    # fewer generated samples than fed: indices >= num_samples must be ignored on every rank alike
+    return MetricSuite(metrics=["caption_acc", "label_acc"], num_samples=N_CAPTIONED - 2,
+                       reference_samples=N_CAPTIONED, attribute_reader=reader)
+
+
+def _captioned_worker(rank: int, world: int, port: int, cache_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        suite = _captioned_suite(cache_dir)
+        _feed_captioned(suite, *_captioned_data(), _shard(N_CAPTIONED, rank, world))
+        torch.save({"results": suite.compute(), "counts": suite.last_counts}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_caption_and_label_accuracy_under_two_gloo_ranks_equal_one_process(tmp_path):
+    from mmexp.metrics.faithfulness import AttributeReader
+
+    cache = str(tmp_path / "cache")
+    AttributeReader(cache_dir=cache, **READER).net()  # train once; the ranks load it
+    single = _captioned_suite(cache)
+    _feed_captioned(single, *_captioned_data(), list(range(N_CAPTIONED)))
+    expected = single.compute()
+    # not trivially equal: accuracies strictly between 0 and 1 (half the captions and labels belong elsewhere)
+    assert 0 < expected["caption_all"] < 1 and 0 < expected["label_acc"] < 1, expected
+    assert expected["real_caption_all"] != expected["caption_all"], expected
+
+    ctx = torch.multiprocessing.spawn(_captioned_worker, args=(2, _free_port(), cache, str(tmp_path)), nprocs=2,
+                                      join=False)
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish (a collective that only one rank entered?)")
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert set(got["results"]) == set(expected)
+        for name, value in expected.items():
+            assert got["results"][name] == pytest.approx(value, abs=1e-12), name
+        # padding repeats are counted once; indices >= num_samples are left out
+        assert got["counts"]["num_captioned"] == N_CAPTIONED - 2 and got["counts"]["num_labelled"] == N_CAPTIONED - 2
+        assert got["counts"]["num_real_captioned"] == N_CAPTIONED
