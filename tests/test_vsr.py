@@ -23,8 +23,8 @@ from mmexp.networks.temporal import TemporalConvSR
 from mmexp.train import train
 from tests.conftest import FAST, compose_cfg
 
-TINY_TCN = dict(num_feat=8, num_block=1)
-TINY_BASICVSR = dict(num_feat=8, num_block=1, spynet={"num_levels": 2, "channels": (4,), "kernel_size": 3})
+TINY_TCN = {"num_feat": 8, "num_block": 1}
+TINY_BASICVSR = {"num_feat": 8, "num_block": 1, "spynet": {"num_levels": 2, "channels": (4,), "kernel_size": 3}}
 
 
 def clip(b: int, t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_multi_frame_output_uses_the_other_frames(make):
     changed = x.clone()
     changed[:, 0] = clip(2, 1, 8, 8, seed=1)[:, 0].double()  # another first frame
     with torch.no_grad():
-        centre = lambda y: y[:, 2] if y.dim() == 5 else y  # noqa: E731
+        centre = lambda y: y[:, 2] if y.dim() == 5 else y
         y, y_swapped, y_changed = centre(net(x)), centre(net(swapped)), centre(net(changed))
     assert (y - y_swapped).abs().max() > 1e-9
     assert (y - y_changed).abs().max() > 1e-9

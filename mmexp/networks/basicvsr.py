@@ -105,7 +105,7 @@ class BasicVSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_clip(type(self).__name__, x, self.in_channels, None)
-        b, t, c, h, w = x.shape
+        b, t, _, h, w = x.shape
         flows_backward, flows_forward = self.flows(x) if t > 1 else (None, None)
         state = x.new_zeros(b, self.num_feat, h, w)
         backward = []

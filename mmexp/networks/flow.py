@@ -17,7 +17,7 @@ from torch import nn
 
 from mmexp.errors import ConfigError, ShapeMismatchError
 
-__all__ = ["flow_warp", "SpyNetLite"]
+__all__ = ["SpyNetLite", "flow_warp"]
 
 
 def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
@@ -36,7 +36,7 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "border")
             or flow.shape[-2:] != x.shape[-2:]:
         raise ShapeMismatchError(f"flow_warp needs x [N, C, H, W] and flow [N, 2, H, W] of the same N, H, W; got "
                                  f"{tuple(x.shape)} and {tuple(flow.shape)}")
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=flow.dtype),
                             torch.arange(w, device=x.device, dtype=flow.dtype), indexing="ij")
     gx = (xs + flow[:, 0]) * (2 / max(w - 1, 1)) - 1
