@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import mmexp
-from mmexp.data.photos import PACKAGE_PHOTOS, package_dir  # noqa: F401  (where the photos come from)
+from mmexp.data.photos import package_dir
 from mmexp.degradations import Downsample, GaussianNoise
 from mmexp.metrics.restoration import prepare, psnr_per_image
 from mmexp.models.baselines import Bicubic, Identity, NLMeans

@@ -3,7 +3,6 @@ from one another. The paper's DCGAN, the default before, collapsed to near-ident
 shapes data (the same 64 iterations as below: per-image mean colour std 0.004, per-pixel std 0.07;
 the SN-DCGAN default: 0.07 and 0.13)."""
 
-import torch
 
 import mmexp
 from tests.conftest import FAST, compose_cfg, run_cli

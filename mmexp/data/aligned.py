@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, ShapeMismatchError
+from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
 from .base import STANDARD_SPLITS, BaseImageDataset, files_fingerprint, split_permutation
 from .folder import IMAGE_EXTENSIONS
-from .paired import _GRAY_MODES, PairedImageDataset
+from .paired import PairedImageDataset, image_size_of
 
 __all__ = ["AlignedImageDataset", "split_aligned"]
 
@@ -105,14 +105,7 @@ class AlignedImageDataset(PairedImageDataset):
 
     def _check_file(self, path: Path) -> tuple[int, int]:
         """The size ``(h, w)`` of each half of ``path``, checked without decoding the pixels."""
-        try:
-            with Image.open(path) as img:
-                mode, (w, h) = img.mode, img.size
-        except Exception as err:  # noqa: BLE001 - PIL raises many types
-            raise DatasetFormatError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
-        if self.channels == 3 and mode in _GRAY_MODES:
-            raise ShapeMismatchError(f"{path} is a single-channel image (mode {mode}) but data.channels=3 (an RGB "
-                                     "model); set data.channels=1 or convert the files to RGB")
+        h, w = image_size_of(path, self.channels)
         if w % 2:
             split_aligned(np.empty((0, w)), path)  # the error naming the file
         return h, w // 2

@@ -23,6 +23,20 @@ __all__ = ["PairedImageDataset"]
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
+def image_size_of(path: Path, channels: int) -> tuple[int, int]:
+    """``(h, w)`` of an image file, read from its header without decoding the pixels; a clear error for a file
+    PIL cannot read, and for a single-channel file given to an RGB model (``channels`` 3)."""
+    try:
+        with Image.open(path) as img:
+            mode, (w, h) = img.mode, img.size
+    except Exception as err:  # noqa: BLE001 - PIL raises many types
+        raise DatasetFormatError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
+    if channels == 3 and mode in _GRAY_MODES:
+        raise ShapeMismatchError(f"{path} is a single-channel image (mode {mode}) but data.channels=3 (an RGB "
+                                 "model); set data.channels=1 or convert the files to RGB")
+    return h, w
+
+
 def _images(folder: Path) -> dict[str, Path]:
     """{path under ``folder`` without suffix: file} of the image files under ``folder``."""
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in sorted(folder.rglob("*"))
@@ -125,18 +139,7 @@ class PairedImageDataset(EpochSeeded, BaseImageDataset):
         self._root_for_fingerprint = base
 
     def _check_pair(self, lq: Path, gt: Path) -> tuple[int, int]:
-        sizes = []
-        for path in (lq, gt):
-            try:
-                with Image.open(path) as img:
-                    mode, (w, h) = img.mode, img.size
-            except Exception as err:  # noqa: BLE001 - PIL raises many types
-                raise DatasetFormatError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
-            if self.channels == 3 and mode in _GRAY_MODES:
-                raise ShapeMismatchError(f"{path} is a single-channel image (mode {mode}) but data.channels=3 (an RGB "
-                                         "model); set data.channels=1 or convert the files to RGB")
-            sizes.append((h, w))
-        (lh, lw), (gh, gw) = sizes
+        (lh, lw), (gh, gw) = (image_size_of(path, self.channels) for path in (lq, gt))
         if (gh, gw) != (lh * self.scale, lw * self.scale):
             raise ShapeMismatchError(
                 f"pair {gt.name}: ground truth {gh}x{gw} is not scale={self.scale} times the input {lh}x{lw} "

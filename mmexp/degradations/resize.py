@@ -147,7 +147,7 @@ class Downsample(Degradation):
         self.scale, self.mode, self.clip = scale, mode, bool(clip)
 
     def apply(self, sample: Sample, seed: int) -> Sample:
-        size = _check_scale(self.scale, sample.target, f"Downsample")
+        size = _check_scale(self.scale, sample.target, "Downsample")
         y = resize(sample.input, size, self.mode)
         return with_input(sample, y.clamp(-1, 1) if self.clip else y)
 
