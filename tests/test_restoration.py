@@ -59,6 +59,14 @@ def restoration_cfg(tmp_path, model: str, *extra: str):
     return use_paired_crops(cfg, 32, scale=SCALE.get(model, 1), sigma=0 if model in SCALE else 25)
 
 
+def tiny_checkpoint(tmp: Path, model: str) -> Path:
+    """``model`` (tiny) trained for 3 steps on paired crops, without validation or logger: its last.ckpt."""
+    cfg = restoration_cfg(tmp, model, "trainer.max_steps=3", "trainer.limit_val_batches=0", "logger=none",
+                          "metrics=none")
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
 def needs_scico() -> None:
     if importlib.util.find_spec("scico") is None or importlib.util.find_spec("msgpack") is None:
         pytest.skip("SCICO's DnCNN weights ship with the scico package (pip install --no-deps scico) and are read "
@@ -138,11 +146,7 @@ def test_adversarial_loss_without_discriminator_is_a_config_error(tmp_path):
 @pytest.fixture(scope="module")
 def rrdb_checkpoint(tmp_path_factory) -> Path:
     """A tiny x2 RRDBNet trained with L1 for a few steps: the start of ESRGAN."""
-    tmp = tmp_path_factory.mktemp("rrdb")
-    cfg = restoration_cfg(tmp, "rrdbnet", "trainer.max_steps=3", "trainer.limit_val_batches=0", "logger=none",
-                          "metrics=none")
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rrdb"), "rrdbnet")
 
 
 def test_init_from_reports_missing_and_unexpected_keys(tmp_path, rrdb_checkpoint, caplog):

@@ -21,7 +21,7 @@ from mmexp.metrics.restoration import prepare, psnr_per_image
 from mmexp.restore import read_image, restore, restore_tensor
 from mmexp.train import train
 from tests.conftest import compose_cfg
-from tests.test_restoration import restoration_cfg
+from tests.test_restoration import restoration_cfg, tiny_checkpoint
 
 
 def photo_u8(name: str, h: int, w: int, y: int = 0, x: int = 0) -> np.ndarray:
@@ -45,11 +45,7 @@ def listing(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def sr_checkpoint(tmp_path_factory) -> Path:
     """A tiny x2 MSRResNet trained for a few L1 steps on real photo crops."""
-    tmp = tmp_path_factory.mktemp("msrresnet")
-    cfg = restoration_cfg(tmp, "msrresnet", "trainer.max_steps=3", "trainer.limit_val_batches=0", "logger=none",
-                          "metrics=none")
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return tiny_checkpoint(tmp_path_factory.mktemp("msrresnet"), "msrresnet")
 
 
 def restore_cfg(tmp_path: Path, *overrides: str):
