@@ -20,6 +20,14 @@ Large images are restored in tiles (:func:`restore_tensor`): tiles of ``restore.
 with ``restore.tile_overlap`` pixels of context on every side that are cropped off its output, so a local
 (convolutional) network gives the untiled result exactly when the overlap covers its receptive radius.
 Sides are padded (reflected) to the model's ``size_multiple`` and the padding cropped off.
+
+Multi-frame models (video SR: ``model=vsr_tcn``, ``model=basicvsr``) restore clips: a video file, or a folder of
+frames (each folder of images is one clip, its frames in file-name order). A model that reads windows of ``T``
+frames restores frame ``i`` from frames ``i - T//2 .. i + T//2``, mirrored at the ends of the clip as BasicSR's
+``reflection`` padding (frame ``-1`` is frame ``1``), so every frame, the first and last included, is restored; a
+recurrent model that outputs every frame runs on chunks of ``restore.clip_chunk`` frames with
+``restore.chunk_overlap`` frames of context on each side, cropped off like a tile's (memory stays bounded on long
+clips). Frames are decoded as the window moves, never the whole clip at once.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,13 +206,14 @@ def _companion(root: Path | None, item: Item, single: bool, what: str) -> Path |
 
 # ------------------------------------------------------------------------------------------ tiling
 def _pad_run(restorer: Any, x: torch.Tensor, hole: torch.Tensor | None, caption: list[str] | None) -> torch.Tensor:
-    """One pass on ``x [B, C, h, w]``, padded (reflected) to the restorer's ``size_multiple`` and cropped back."""
+    """One pass on ``x [B, C, h, w]`` (or a clip ``[B, T, C, h, w]``), padded (reflected) to the restorer's ``size_multiple`` and cropped back."""
     m, s = int(getattr(restorer, "size_multiple", 1)), int(getattr(restorer, "scale", 1))
     h, w = x.shape[-2:]
     ph, pw = (-h) % m, (-w) % m
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        # clips [B, T, C, h, w] pad as a batch of frames (torch pads the last 3 dims of 5-D inputs)
+        x = F.pad(x.flatten(0, -4), (0, pw, 0, ph), mode=mode).unflatten(0, x.shape[:-3])
         if hole is not None:
             hole = F.pad(hole, (0, pw, 0, ph), mode="constant", value=0.0)
     y = restorer.restore(x, hole=hole, caption=caption)
@@ -217,7 +226,8 @@ def _pad_run(restorer: Any, x: torch.Tensor, hole: torch.Tensor | None, caption:
 
 def restore_tensor(restorer: Any, x: torch.Tensor, hole: torch.Tensor | None = None,
                    caption: list[str] | None = None, tile: int | None = 512, overlap: int = 32) -> torch.Tensor:
-    """Restore ``x [B, C, h, w]`` in [-1, 1] of any size: ``[B, C, h * scale, w * scale]``.
+    """Restore ``x [B, C, h, w]`` in [-1, 1] of any size: ``[B, C, h * scale, w * scale]`` (clips ``[B, T, C, h, w]``
+    for multi-frame restorers: their output, the centre frame or every frame, tiled alike).
 
     With ``tile``, an input larger than ``tile`` on a side is cut into ``tile``-sized tiles; each runs with
     ``overlap`` input pixels of context on every side (less at the image border), which are cropped off its
@@ -242,6 +252,113 @@ def restore_tensor(restorer: Any, x: torch.Tensor, hole: torch.Tensor | None = N
             out[..., y0 * s : y1 * s, x0 * s : x1 * s] = \
                 part[..., (y0 - ey0) * s : (y1 - ey0) * s, (x0 - ex0) * s : (x1 - ex0) * s]
     return out
+
+
+# ------------------------------------------------------------------------------------------ clips
+def window_indices(i: int, n: int, size: int) -> list[int]:
+    """The ``size`` frame indices of the window centred on frame ``i`` (at position ``size // 2``) of a clip of
+    ``n`` frames, mirrored at its ends as BasicSR's ``reflection`` padding: ``-1 -> 1``, ``n -> n - 2``
+    (a one-frame clip repeats its frame)."""
+    if not 0 <= i < n:
+        raise IndexError(f"frame {i} of a clip of {n} frames")
+    out = []
+    for k in range(i - size // 2, i - size // 2 + size):
+        if n == 1:
+            out.append(0)
+            continue
+        k %= 2 * (n - 1)
+        out.append(k if k < n else 2 * (n - 1) - k)
+    return out
+
+
+def clips_of(items: list[Item]) -> list[list[Item]]:
+    """``items`` grouped into clips, in order: the frames of one video file, or the images of one folder."""
+    clips: dict[Any, list[Item]] = {}
+    for item in items:
+        key = ("video", item.source) if item.frame is not None else ("folder", Path(item.name).parent)
+        clips.setdefault(key, []).append(item)
+    return list(clips.values())
+
+
+class FrameReader:
+    """Frames of one clip as ``[C, H, W]`` tensors in [-1, 1], decoded in order and kept only while asked for:
+    ``get(k)`` decodes up to frame ``k``; ``forget(k)`` drops the frames before ``k``."""
+
+    def __init__(self, clip: list[Item], channels: int) -> None:
+        self.clip, self.channels = clip, channels
+        self.frames: dict[int, torch.Tensor] = {}
+        self.video = iter_video(clip[0].source) if clip[0].frame is not None else None
+        self.decoded = 0
+
+    def get(self, k: int) -> torch.Tensor:
+        while self.decoded <= k:
+            if self.video is not None:
+                try:
+                    a = next(self.video)
+                except StopIteration:
+                    raise InputImageError(f"{self.clip[0].source}: frame {self.decoded} could not be decoded "
+                                          f"(counted {len(self.clip)} frames before)") from None
+                frame = torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+            else:
+                frame = read_image(self.clip[self.decoded].source, self.channels)
+            if self.frames and frame.shape != next(iter(self.frames.values())).shape:
+                raise ShapeMismatchError(f"{self.clip[self.decoded].source} is {tuple(frame.shape)} but the clip's "
+                                         f"earlier frames are {tuple(next(iter(self.frames.values())).shape)}: "
+                                         "the frames of a clip must have one size")
+            self.frames[self.decoded] = frame
+            self.decoded += 1
+        return self.frames[k]
+
+    def forget(self, k: int) -> None:
+        for old in [j for j in self.frames if j < k]:
+            del self.frames[old]
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+
+
+def restore_clip(restorer: Any, clip: list[Item], channels: int, device: torch.device | str,
+                 run: Callable[[torch.Tensor], torch.Tensor], chunk: int = 16,
+                 chunk_overlap: int = 4) -> Iterator[tuple[Item, torch.Tensor, torch.Tensor]]:
+    """``(item, input frame [C, h, w], restored frame [C, H, W])`` for every frame of ``clip``, in order, by a
+    multi-frame ``restorer`` (``num_frames`` T: a mirrored window per frame; None with ``all_frames``: chunks of
+    ``chunk`` frames, each run with ``chunk_overlap`` frames of context on both sides). ``run`` maps a clip
+    ``[1, T, C, h, w]`` (on ``device``) to the restored centre frame or every frame (spatial tiling is its)."""
+    n, t = len(clip), restorer.num_frames
+    reader = FrameReader(clip, channels)
+    try:
+        if t is not None:
+            for i, item in enumerate(clip):
+                idx = window_indices(i, n, int(t))
+                reader.get(max(idx))
+                x = torch.stack([reader.frames[k] for k in idx])[None].to(device)
+                with torch.no_grad():
+                    y = run(x)
+                if y.dim() == 5:  # a windowed method that outputs every frame: keep the centre one
+                    y = y[:, y.shape[1] // 2]
+                yield item, reader.frames[i], y[0].cpu()
+                reader.forget(min(window_indices(min(i + 1, n - 1), n, int(t))))
+            return
+        if not getattr(restorer, "all_frames", False):
+            raise ConfigError(f"{type(restorer).__name__} reads clips of any length but outputs one frame: "
+                              "task=restore cannot say which frames to give it")
+        chunk, chunk_overlap = int(chunk), int(chunk_overlap)
+        if chunk < 1 or chunk_overlap < 0:
+            raise ConfigError(f"restore.clip_chunk must be >= 1 and restore.chunk_overlap >= 0, got {chunk}, "
+                              f"{chunk_overlap}")
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            lo, hi = max(0, a - chunk_overlap), min(n, b + chunk_overlap)
+            reader.get(hi - 1)
+            x = torch.stack([reader.frames[k] for k in range(lo, hi)])[None].to(device)
+            with torch.no_grad():
+                y = run(x)
+            for i in range(a, b):
+                yield clip[i], reader.frames[i], y[0, i - lo].cpu()
+            reader.forget(max(0, b - chunk_overlap))
+    finally:
+        reader.close()
 
 
 # ------------------------------------------------------------------------------------------ the task
@@ -330,9 +447,20 @@ def restore(cfg: DictConfig) -> dict[str, float]:
     suite = _paired_suite(cfg) if target_root is not None else None
     rows: list[dict[str, Any]] = []
     caption = [str(cfg.prompt)] if cfg.get("prompt") else None
-    frames = {}
-    try:
-        for item, (mask, target) in zip(items, companions):
+    multi_frame = getattr(restorer, "num_frames", 1) != 1
+
+    def produced() -> Iterator[tuple[Item, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """``(item, input, hole, restored)`` for every input, in order."""
+        if multi_frame:
+            for clip in clips_of(items):
+                for item, x, y in restore_clip(
+                        restorer, clip, channels, pipe.device,
+                        lambda c: restore_tensor(restorer, c, None, caption, tile, overlap),
+                        int(opts.get("clip_chunk", 16)), int(opts.get("chunk_overlap", 4))):
+                    yield item, x, None, y
+            return
+        frames: dict[Path, Iterator[np.ndarray]] = {}
+        for item, (mask, _) in zip(items, companions):
             if item.frame is None:
                 x = read_image(item.source, channels)
             else:
@@ -343,6 +471,12 @@ def restore(cfg: DictConfig) -> dict[str, float]:
             hole = read_mask(mask, tuple(x.shape[-2:]), str(item.source))[None].to(pipe.device) if mask else None
             with torch.no_grad():
                 y = restore_tensor(restorer, x[None].to(pipe.device), hole, caption, tile, overlap)[0].cpu()
+            yield item, x, hole, y
+
+    target_of = {item.name: target for item, (_, target) in zip(items, companions)}
+    try:
+        for item, x, hole, y in produced():
+            target = target_of[item.name]
             save_image(y, tmp / "out" / item.name)
             shown = F.interpolate(x[None], scale_factor=scale, mode="nearest")[0] if scale > 1 else x
             if hole is not None:
@@ -379,6 +513,11 @@ def restore(cfg: DictConfig) -> dict[str, float]:
 
     record: dict[str, Any] = {"source": source, "input": str(cfg.input), "out": str(out), "scale": scale,
                               "tile": tile, "tile_overlap": overlap, "images": len(items), "prompt": cfg.get("prompt")}
+    if multi_frame:
+        record["frames"] = {"num_frames": restorer.num_frames, "padding": "reflection", "clips": len(clips_of(items))}
+        if restorer.num_frames is None:
+            record["frames"].update(clip_chunk=int(opts.get("clip_chunk", 16)),
+                                    chunk_overlap=int(opts.get("chunk_overlap", 4)))
     means: dict[str, float] = {}
     if suite is not None:
         keys = [k for k in rows[0] if k != "name"]

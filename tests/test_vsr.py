@@ -184,3 +184,109 @@ def test_models_train_on_clips_with_a_degradation(tmp_path, model):
 def test_vsr_tcn_follows_the_datas_window(tmp_path):
     cfg = compose_cfg(tmp_path, "model=vsr_tcn", "data=video", "data.dataset.num_frames=3")
     assert build(cfg.model.network).num_frames == 3
+
+
+# ------------------------------------------------------------------------------------------ task=restore on clips
+def test_windows_are_mirrored_at_the_ends_of_a_clip():
+    from mmexp.restore import window_indices
+
+    assert window_indices(0, 5, 5) == [2, 1, 0, 1, 2]
+    assert window_indices(2, 5, 5) == [0, 1, 2, 3, 4]
+    assert window_indices(4, 5, 5) == [2, 3, 4, 3, 2]
+    assert window_indices(1, 3, 5) == [1, 0, 1, 2, 1]
+    assert window_indices(0, 2, 3) == [1, 0, 1]
+    assert window_indices(0, 1, 3) == [0, 0, 0]
+    with pytest.raises(IndexError):
+        window_indices(5, 5, 3)
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny x4 vsr_tcn (3-frame windows) and BasicVSR, each trained for 2 steps on moving shapes: last.ckpt."""
+    out = {}
+    for model in ("vsr_tcn", "basicvsr"):
+        tmp = tmp_path_factory.mktemp(model)
+        cfg = compose_cfg(tmp, f"model={model}", *FAST, *[o for o in MOVING if o != "debug=fdr" and not o.startswith("metrics")], *TINY_MODELS[model],
+                          "data.dataset.num_frames=3", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+                          "logger=none", "metrics=none")
+        train(cfg)
+        out[model] = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return out
+
+
+def _real_frames(n: int, h: int = 12, w: int = 20) -> list:
+    """``n`` uint8 ``[h, w, 3]`` crops of a real photo, panning 2 px a frame."""
+    import numpy as np
+    import skimage.data as skd
+
+    a = skd.astronaut()
+    return [np.ascontiguousarray(a[100: 100 + h, 120 + 2 * t: 120 + 2 * t + w]) for t in range(n)]
+
+
+def _u8(x: torch.Tensor):
+    return ((x.clamp(-1, 1) + 1) / 2 * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _frame_tensor(a) -> torch.Tensor:
+    return torch.from_numpy(a).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def test_task_restore_runs_a_window_model_on_every_frame_of_a_video(tmp_path, clip_checkpoints):
+    """Each frame of a video, the first and last included, is restored from its mirrored 3-frame window."""
+    import numpy as np
+
+    cv2 = pytest.importorskip("cv2")
+    import mmexp
+    from mmexp.restore import restore
+
+    video = tmp_path / "pan.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (20, 12))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG .avi files")
+    for f in _real_frames(4):
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "out"
+    restore(compose_cfg(tmp_path, "task=restore", "trainer=cpu", f"ckpt_path={clip_checkpoints['vsr_tcn']}",
+                        f"input={video}", f"out={out}"))
+    assert sorted(p.name for p in (out / "pan").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    cap = cv2.VideoCapture(str(video))
+    decoded = torch.stack([_frame_tensor(cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB)) for _ in range(4)])
+    cap.release()
+    model = mmexp.load(clip_checkpoints["vsr_tcn"]).model
+    for i, window in [(0, [1, 0, 1]), (2, [1, 2, 3]), (3, [2, 3, 2])]:
+        expected = model.restore(decoded[window][None])[0]
+        got = np.asarray(Image.open(out / "pan" / f"{i:06d}.png"))
+        assert got.shape == (48, 80, 3)
+        np.testing.assert_array_equal(got, _u8(expected))
+
+
+def test_task_restore_runs_a_recurrent_model_on_frame_folders_in_chunks(tmp_path, clip_checkpoints):
+    """Each folder of frames is its own clip; chunks with overlap cover every frame, and one chunk as long as the
+    clip is the whole-clip pass."""
+    import numpy as np
+
+    import mmexp
+    from mmexp.restore import restore
+
+    frames = {"a": _real_frames(5), "b": _real_frames(2)}
+    for name, clip_frames in frames.items():
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for t, f in enumerate(clip_frames):
+            Image.fromarray(f).save(tmp_path / "in" / name / f"f{t}.png")
+    ckpt = clip_checkpoints["basicvsr"]
+    model = mmexp.load(ckpt).model
+    results = {}
+    for chunk in (2, 8):
+        out = tmp_path / f"out{chunk}"
+        restore(compose_cfg(tmp_path, "task=restore", "trainer=cpu", f"ckpt_path={ckpt}", f"input={tmp_path / 'in'}",
+                            f"out={out}", f"restore.clip_chunk={chunk}", "restore.chunk_overlap=1"))
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == \
+            [f"a/f{t}.png" for t in range(5)] + ["b/f0.png", "b/f1.png"]
+        results[chunk] = {p.relative_to(out).as_posix(): np.asarray(Image.open(p)) for p in out.rglob("*.png")}
+    for name, clip_frames in frames.items():
+        whole = model.restore(torch.stack([_frame_tensor(f) for f in clip_frames])[None])[0]
+        for t in range(len(clip_frames)):
+            np.testing.assert_array_equal(results[8][f"{name}/f{t}.png"], _u8(whole[t]))
+    # chunks of 2 with 1 frame of context: the middle of clip a sees a shorter recurrence, yet every frame is there
+    assert results[2]["a/f0.png"].shape == (48, 80, 3)
