@@ -16,7 +16,8 @@ import mmexp
 from mmexp.conditioning import Conditioner
 from mmexp.conditioning.learned import LearnedTextEncoder
 from mmexp.errors import ShapeMismatchError
-from mmexp.networks.inpainting import FFCResBlock, GatedConv2d, InpaintingUNet
+from mmexp.models.baselines import PullPush, Telea
+from mmexp.networks.inpainting import FFCResBlock, GatedConv2d, InpaintingUNet, pull_push_fill
 from mmexp.restore import restore
 from mmexp.train import train
 from tests.conftest import FAST, compose_cfg
@@ -45,15 +46,17 @@ def test_gated_conv_gates_every_output_channel_and_pixel():
     assert (conv.gate(x2) - gate).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("bottleneck", ["ffc", "dilated"])
-def test_unet_never_sees_the_hole_pixels(bottleneck):
+@pytest.mark.parametrize("bottleneck,prefill", [("ffc", "none"), ("dilated", "none"), ("ffc", "pull_push")])
+def test_unet_never_sees_the_hole_pixels(bottleneck, prefill):
     torch.manual_seed(0)
-    net = InpaintingUNet(channels=(4, 8, 8), num_blocks=2, bottleneck=bottleneck).eval()
+    net = InpaintingUNet(channels=(4, 8, 8), num_blocks=2, bottleneck=bottleneck, prefill=prefill).eval()
     x = torch.rand(2, 3, 24, 32) * 2 - 1
     hole = torch.zeros(2, 1, 24, 32)
     hole[:, :, 5:15, 8:20] = 1
+    if prefill == "pull_push":  # a learned residual: make it non-zero, as after training
+        torch.nn.init.normal_(net.last.weight, std=0.1)
     y = net(x, hole)
-    assert y.shape == x.shape and y.abs().max() <= 1
+    assert y.shape == x.shape and (prefill != "none" or y.abs().max() <= 1)
     other = torch.where(hole > 0, torch.rand_like(x), x)  # anything inside the hole
     torch.testing.assert_close(net(other, hole), y)
     assert (net(x, torch.zeros_like(hole)) - y).abs().max() > 1e-4  # ...but the hole itself is seen
@@ -61,6 +64,51 @@ def test_unet_never_sees_the_hole_pixels(bottleneck):
         net(x[..., :30], hole[..., :30])
     with pytest.raises(ShapeMismatchError, match=r"hole \(2, 1, 24, 24\) for images \(2, 3, 24, 28\)"):
         net(x[..., :28], hole[..., :24])
+
+
+def _photo_with_hole(h: int = 45, w: int = 61) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(photo_u8("astronaut", h, w, 150, 180)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    hole = torch.zeros(1, 1, h, w)
+    hole[..., 10:30, 20:34] = 1
+    hole[..., 40:, :5] = 1  # at the border, odd sides
+    return x, hole
+
+
+def test_pull_push_fills_smooth_images_exactly_and_keeps_known_pixels():
+    x, hole = _photo_with_hole()
+    filled = pull_push_fill(torch.where(hole > 0, torch.rand_like(x), x), 1 - hole)
+    assert filled.shape == x.shape
+    torch.testing.assert_close(filled * (1 - hole), x * (1 - hole), rtol=0, atol=0)  # known pixels bit-exact
+    # a constant image is filled with its constant; a plane is interpolated closely (coarse levels are means)
+    const = torch.full_like(x, 0.3)
+    torch.testing.assert_close(pull_push_fill(const, 1 - hole), const)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 45), torch.linspace(-1, 1, 61), indexing="ij")
+    plane = (0.4 * yy + 0.3 * xx).expand(1, 3, 45, 61)
+    assert (pull_push_fill(plane, 1 - hole) - plane).abs().max() < 0.08
+    # nothing known: zeros; gradients reach the known pixels
+    assert pull_push_fill(x, torch.zeros_like(hole)).abs().max() == 0
+    xg = x.clone().requires_grad_(True)
+    (pull_push_fill(xg, 1 - hole) * hole).sum().backward()
+    assert xg.grad.abs().sum() > 0 and (xg.grad * hole).abs().sum() == 0
+    with pytest.raises(ShapeMismatchError, match="one size"):
+        pull_push_fill(x, (1 - hole)[..., :-1])
+
+
+def test_prefilled_unet_starts_as_the_pull_push_fill_and_the_peer_scores_it():
+    """prefill=pull_push: the untrained network *is* the fill (its residual layer starts at zero), which on this
+    photo's holes is within 1.5x Telea's error and a third of the blank hole's; the PullPush peer restores the
+    same pixels."""
+    x, hole = _photo_with_hole(48, 64)
+    net = InpaintingUNet(channels=(4, 8, 8), num_blocks=1, prefill="pull_push").eval()
+    with torch.no_grad():
+        y = net(x, hole)
+    torch.testing.assert_close(y, pull_push_fill(x, 1 - hole))
+    peer = PullPush().restore(x, hole=hole)
+    torch.testing.assert_close(peer, torch.where(hole > 0, y, x))
+    in_hole = hole.expand_as(x) > 0
+    err = {name: float((out - x)[in_hole].abs().mean()) for name, out in
+           [("pull_push", peer), ("telea", Telea().restore(x, hole=hole)), ("blank", x * (1 - hole))]}
+    assert err["pull_push"] < err["blank"] / 3 and err["pull_push"] < 1.5 * err["telea"], err
 
 
 def test_fourier_block_sees_the_whole_image_in_one_layer():

@@ -15,6 +15,9 @@ They have the API of every :class:`~mmexp.models.restoration.Restorer` (``restor
   extra: ``pip install bm3d``; denoising peer).
 - :class:`Telea`: fast-marching inpainting (Telea, J. Graphics Tools 2004), OpenCV's ``inpaint`` (inpainting
   peer).
+- :class:`PullPush`: pull-push interpolation (Gortler et al., SIGGRAPH 1996;
+  :func:`mmexp.networks.inpainting.pull_push_fill`), the fill ``model=inpaint`` starts from (inpainting peer:
+  what the learned residual adds over it).
 
 The denoisers take the noise level in grey levels of 255 (``sigma``) or, with ``sigma=None``, estimate it per
 image from the finest diagonal Haar wavelet coefficients (:func:`estimate_sigma`; Donoho & Johnstone 1994),
@@ -213,3 +216,21 @@ def _bm3d():
     except ImportError:
         raise MissingDependencyError('model=bm3d needs the bm3d package: pip install bm3d (or "mmexp[bm3d]")') from None
     return bm3d
+
+
+class PullPush(Baseline):
+    """Pull-push interpolation of ``hole`` (:func:`mmexp.networks.inpainting.pull_push_fill`), in floating point.
+
+    Args:
+        gain (float): see :func:`~mmexp.networks.inpainting.pull_push_fill`. Default: 4.
+        channels, num_preview: see :class:`Baseline`.
+    """
+
+    def __init__(self, gain: float = 4.0, channels: int = 3, num_preview: int = 4) -> None:
+        super().__init__(channels, inpainting=True, num_preview=num_preview)
+        self.gain = float(gain)
+
+    def predict(self, input, hole=None, caption=None):
+        from mmexp.networks.inpainting import pull_push_fill
+
+        return pull_push_fill(input, 1 - hole.to(input.dtype), self.gain)

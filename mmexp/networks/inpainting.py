@@ -14,6 +14,12 @@ and text conditioning (FiLM) on the decoder.
   :class:`mmexp.networks.modulation.ConditionalAffine`); the encoder sees pixels only, the decoder is told what
   to paint.
 
+- Pull-push prefill (Gortler et al., "The Lumigraph", SIGGRAPH 1996, its "pull-push" algorithm): the hole is
+  first filled by a parameter-free, differentiable multi-scale interpolation of the known pixels
+  (:func:`pull_push_fill`), and the network learns a residual over that fill (its last layer starts at zero),
+  as SR networks learn a residual over bicubic. A network from scratch spends its first thousands of steps
+  learning to paint flat local colour; this one starts from a smooth fill and learns the rest.
+
 The network knows nothing of training: :class:`mmexp.models.restoration.RestorationModel` (``inpainting:
 true``) composites the known pixels back exactly and weighs the losses by the hole.
 """
@@ -29,6 +35,43 @@ from torch import nn
 from mmexp.conditioning import Conditioner
 from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.networks.modulation import ConditionalAffine
+
+
+def pull_push_fill(image: torch.Tensor, known: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """Fill the unknown pixels of ``image`` by pull-push interpolation (Gortler et al. 1996); known pixels are
+    returned unchanged.
+
+    Pull: a pyramid of 2x2 means of ``image * known`` and of ``known`` (odd sides padded with unknown pixels)
+    down to 1 pixel. Push: from the coarsest level, each finer level takes its own normalised mean where enough
+    of its block is known and the upsampled (bilinear) coarser estimate elsewhere, blended by
+    ``alpha = clamp(gain * coverage, 0, 1)``; at full size coverage is 0 or 1, so known pixels are exact.
+    Differentiable, parameter-free, O(HW).
+
+    Args:
+        image (Tensor): ``[B, C, H, W]``.
+        known (Tensor): ``[B, 1, H, W]`` (or ``[B, C, H, W]``), 1 = known pixel, 0 = to fill.
+        gain (float): coverage at which a coarse block's own mean is trusted fully is ``1 / gain``. Default: 4
+            (a quarter of its pixels known).
+
+    An image without any known pixel is filled with zeros (the middle of [-1, 1]).
+    """
+    if image.dim() != 4 or known.dim() != 4 or known.shape[-2:] != image.shape[-2:]:
+        raise ShapeMismatchError(f"pull_push_fill: image {tuple(image.shape)} and known {tuple(known.shape)} must "
+                                 "be [B, C, H, W] and [B, 1, H, W] of one size")
+    known = known.to(image.dtype)
+    values, weights = [image * known], [known]
+    while max(values[-1].shape[-2:]) > 1:
+        v, w = values[-1], weights[-1]
+        pad = (0, v.shape[-1] % 2, 0, v.shape[-2] % 2)
+        values.append(F.avg_pool2d(F.pad(v, pad), 2))
+        weights.append(F.avg_pool2d(F.pad(w, pad), 2))
+    eps = 1e-6
+    fill = values[-1] / weights[-1].clamp_min(eps)
+    for v, w in zip(values[-2::-1], weights[-2::-1]):
+        coarse = F.interpolate(fill, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        alpha = (w * gain).clamp(0, 1)
+        fill = alpha * (v / w.clamp_min(eps)) + (1 - alpha) * coarse
+    return torch.where(known.expand_as(image) > 0.5, image, fill)
 
 
 class GatedConv2d(nn.Module):
@@ -153,7 +196,9 @@ class InpaintingUNet(nn.Module):
     :class:`FFCResBlock` (``bottleneck="ffc"``) or dilated gated convolutions of dilation 2, 4, 8, 16, 2, ...
     (``"dilated"``); decoder: nearest x2 upsampling, concatenation with the encoder's features of that size,
     two gated 3x3 convolutions, each level modulated by the caption (``conditioner``); a last 3x3 convolution
-    and ``tanh`` give the image in [-1, 1].
+    and ``tanh`` give the image in [-1, 1]. With ``prefill="pull_push"`` the network sees the pull-push fill
+    (:func:`pull_push_fill`) instead of the blanked image, and its last convolution (zero at initialisation) is a
+    residual added to that fill: it starts as the fill and learns what the fill misses (texture, edges).
 
     Args:
         in_channels (int): image channels. Default: 3.
@@ -166,6 +211,9 @@ class InpaintingUNet(nn.Module):
         ratio_global (float): global channels of the Fourier blocks. Default: 0.75.
         conditioner (Conditioner | None): captions -> condition; its pooled vector modulates the decoder (FiLM).
             None: unconditioned (a caption given to ``forward`` is ignored). Default: None.
+        prefill (str): ``none`` (the hole blanked to 0; output ``tanh(last)``) or ``pull_push`` (the hole
+            pre-filled by :func:`pull_push_fill`; output ``fill + last``, ``last`` zero-initialised). Default:
+            ``none``.
 
     ``forward(input [B, C, H, W], hole [B, 1, H, W], caption: list[str] | None = None) -> [B, C, H, W]``;
     ``H`` and ``W`` must be multiples of ``size_multiple = 2 ** (len(channels) - 1)`` (``task=restore`` pads).
@@ -175,9 +223,12 @@ class InpaintingUNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, channels: Sequence[int] = (32, 64, 128),
                  num_blocks: int = 4, bottleneck: str = "ffc", ratio_global: float = 0.75,
-                 conditioner: Conditioner | None = None) -> None:
+                 conditioner: Conditioner | None = None, prefill: str = "none") -> None:
         super().__init__()
         channels = [int(c) for c in channels]
+        if prefill not in ("none", "pull_push"):
+            raise ConfigError(f"InpaintingUNet: prefill must be 'none' or 'pull_push', got {prefill!r}")
+        self.prefill = prefill
         if not channels or min(channels) < 1:
             raise ConfigError(f"InpaintingUNet: channels must be a non-empty list of positive sizes, got {channels}")
         if bottleneck not in ("ffc", "dilated"):
@@ -203,6 +254,9 @@ class InpaintingUNet(nn.Module):
             # one FiLM per decoder level, the bottleneck's output included
             self.film = nn.ModuleList(ConditionalAffine(ch, conditioner.dim) for ch in channels[::-1])
         self.last = nn.Conv2d(channels[0], out_channels, 3, padding=1)
+        if prefill == "pull_push":  # a residual over the fill: start as the fill
+            nn.init.zeros_(self.last.weight)
+            nn.init.zeros_(self.last.bias)
 
     @property
     def required_keys(self) -> tuple[str, ...]:
@@ -229,7 +283,11 @@ class InpaintingUNet(nn.Module):
             raise ShapeMismatchError(f"InpaintingUNet: sides {h}x{w} must be multiples of {self.size_multiple}")
         hole = hole.to(input.dtype)
         cond = self.condition(caption, b)
-        x = self.first(torch.cat([input * (1 - hole), hole], dim=1))
+        if self.prefill == "pull_push":
+            base = pull_push_fill(input, 1 - hole)
+        else:
+            base = input * (1 - hole)
+        x = self.first(torch.cat([base, hole], dim=1))
         skips = [x]
         for down in self.down:
             x = down(x)
@@ -242,4 +300,6 @@ class InpaintingUNet(nn.Module):
             x = up(torch.cat([x, skips.pop()], dim=1))
             if self.film is not None:
                 x = self.film[i + 1](x, cond)
+        if self.prefill == "pull_push":
+            return base + self.last(x)
         return torch.tanh(self.last(x))
