@@ -102,12 +102,27 @@ def score_peers(cfg: DictConfig, datamodule: pl.LightningDataModule, metrics: di
     return out
 
 
+def eval_protocol(cfg: DictConfig, train_cfg: DictConfig) -> DictConfig:
+    """The metrics protocol ``task=eval`` scores with: ``metrics=`` from the command line when given; else the
+    checkpoint's own (a restoration run trained with ``metrics=restoration``/``sr`` is scored by PSNR/SSIM on its
+    test split, not by the default FID protocol), with this machine's ``refstats_dir``; else the default."""
+    own = train_cfg.get("metrics") if cfg.get("ckpt_path") else None
+    if own is None or _command_line_overrides("metrics"):
+        return cfg.metrics
+    own = OmegaConf.create(OmegaConf.to_container(own, resolve=True))
+    if "refstats_dir" in own and cfg.metrics is not None and "refstats_dir" in cfg.metrics:
+        own.refstats_dir = cfg.metrics.refstats_dir
+    log.info("task=eval: the checkpoint's own metrics protocol '%s' (metrics=NAME chooses another)",
+             own.get("name", "?"))
+    return own
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint with the ``metrics`` protocol on its reference split; write metrics.json."""
     if cfg.get("metrics") is None:
         raise ConfigError("task=eval needs a metrics protocol, e.g. metrics=fid10k_test (metrics=none was given)")
     model, datamodule, train_cfg = load_trained(cfg)
-    suite = build(cfg.metrics)
+    suite = build(eval_protocol(cfg, train_cfg))
     # a protocol may score several splits (metrics=t2i: val, then the compositional split); the first is
     # reported as eval/<metric>, the others as eval_<split>/<metric>
     splits = list(getattr(suite, "splits", ()) or (suite.reference_split or "test",))

@@ -93,11 +93,13 @@ def test_task_eval_of_a_checkpoint_uses_its_degradation_or_the_command_lines(tmp
 
     cfg = compose_cfg(tmp_path / "t", "model=msrresnet", "degradation=bicubic_x2", "model.network.upscale=2",
                       "model.network.num_feat=8", "model.network.num_block=1", "trainer.max_steps=2",
-                      "trainer.limit_val_batches=0", "logger=none", "metrics=none", *TINY_SHAPES)
+                      "trainer.limit_val_batches=0", "logger=none", *PAIRED, *TINY_SHAPES)
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    # the checkpoint's own degradation (x2), scored by hand with the same weights
-    results = evaluate(compose_cfg(tmp_path / "e", "task=eval", f"ckpt_path={ckpt}", *PAIRED, "trainer=cpu"))
+    # the checkpoint's own degradation (x2) and, without metrics= on the command line, its own protocol (PSNR-Y,
+    # crop 2, on the test split; not the default FID protocol), scored by hand with the same weights
+    results = evaluate(compose_cfg(tmp_path / "e", "task=eval", f"ckpt_path={ckpt}", "trainer=cpu"))
+    assert "eval/fid" not in results
     model = rebuild(ckpt)[0]
     data = build(cfg.data)
     data.setup("test")
