@@ -126,6 +126,20 @@ def test_vqvae_loss_equals_the_old_quantizer_loss(tmp_path, ema):
         torch.testing.assert_close(g, grads_old[n], rtol=1e-5, atol=1e-7)
 
 
+def test_vqvae_l1_loss_is_l1_plus_commitment(tmp_path):
+    """loss=vqvae_l1 (t2i_shapes_cpu's stage 1) swaps MSE for L1 and keeps beta * commitment."""
+    model, _ = build(tmp_path, "model=vqvae", "loss=vqvae_l1", *TINY["vqvae"])
+    model.eval()
+    x = images()
+    new = model.training_step({"image": x}, 0)
+    z = model.encoder(x)
+    q = model.quantizer(z)
+    expected = F.l1_loss(model.decoder(q.quantized), x) + 0.25 * q.commitment
+    torch.testing.assert_close(new, expected, rtol=1e-6, atol=0)
+    # not the MSE of loss=vqvae
+    assert abs(float(new) - float(F.mse_loss(model.decoder(q.quantized), x) + 0.25 * q.commitment)) > 1e-4
+
+
 def test_losses_add_no_state_to_checkpoints(tmp_path):
     """Models' state dicts keep their keys: checkpoints written before losses moved still load."""
     for name in ("dcgan", "vae", "vqvae"):

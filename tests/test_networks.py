@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmexp.ema import EMA
-from mmexp.errors import ShapeMismatchError
+from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.networks import (
     DCGANDiscriminator, DCGANGenerator, Decoder, Encoder, GaussianDecoder, GaussianEncoder,
     VectorQuantizer,
@@ -140,6 +140,27 @@ def test_dead_codes_restarted_from_encoder_outputs():
     assert torch.isclose(flat, vq.embedding[3].detach()).all(1).any()  # a row of the batch
     keep = torch.arange(8) != 3
     assert torch.equal(vq.embedding.detach()[keep], old[keep])
+
+
+def test_error_restarts_go_to_the_worst_coded_outputs():
+    """restart_from="error" draws replacements by squared distance to the nearest code: in a batch of 35 outputs
+    that sit on live codes and one far from every code, every dead code restarts on that one; uniform draws
+    would pick it for a dead code with probability 1/36."""
+    for restart_from, expect_all in (("error", True), ("uniform", False)):
+        torch.manual_seed(0)
+        vq = _vq(dead_code_threshold=1.0, restart_from=restart_from)
+        live = torch.eye(4) * 2
+        vq.embedding.data[:4] = live
+        vq.cluster_size.fill_(10.0)
+        vq.cluster_size[4:] = 0.0  # four dead codes
+        flat = live.repeat(9, 1)  # 36 rows on the live codes ...
+        flat[-1] = torch.tensor([9.0, -9.0, 9.0, -9.0])  # ... but one
+        vq(flat.view(1, 6, 6, 4).permute(0, 3, 1, 2))
+        restarted = vq.embedding.detach()[4:]
+        on_far = torch.isclose(restarted, flat[-1]).all(1)
+        assert bool(on_far.all()) == expect_all, (restart_from, restarted)
+    with pytest.raises(ConfigError, match="restart_from='kmeans'"):
+        _vq(restart_from="kmeans")
 
 
 def test_first_batch_initialises_codebook():

@@ -4,7 +4,8 @@ van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation Learning", 
 (straight-through estimator, codebook + commitment loss; EMA codebook updates in its appendix),
 Razavi, van den Oord & Vinyals, "Generating Diverse High-Fidelity Images with VQ-VAE-2",
 NeurIPS 2019 (EMA updates), and dead-code restart from encoder outputs as in Dhariwal et al.,
-"Jukebox" (2020).
+"Jukebox" (2020); restarts drawn in proportion to the squared quantisation error, as k-means++ seeds its centres
+(Arthur & Vassilvitskii, SODA 2007).
 
 The encoder/decoder around it are :class:`mmexp.networks.autoencoder.Encoder` /
 ``Decoder`` with ``out_channels`` / ``in_channels`` equal to ``code_dim``.
@@ -43,6 +44,10 @@ class QuantizerOutput(NamedTuple):
     usage: torch.Tensor
 
 
+#: how dead codes pick their replacement (``VectorQuantizer(restart_from=...)``)
+RESTARTS = ("uniform", "error")
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -66,6 +71,12 @@ class VectorQuantizer(nn.Module):
             the first training batch initialises the whole codebook from encoder outputs.
             Default: 1.0. (With ``ema`` keep restarts on: as in Sonnet's EMA quantiser, a
             code that is never assigned decays towards the zero vector.)
+        restart_from (str): which encoder outputs replace dead codes: ``"uniform"``, any output of the
+            batch with equal probability; ``"error"``, an output with probability proportional to its
+            squared distance to its nearest code (k-means++'s seeding), so restarts go where the codebook
+            fits worst. Where most outputs are alike (flat backgrounds beside a small object) uniform
+            restarts mostly land on what is already coded and die again; ``"error"`` spends them on the
+            rare detail (edges and corners). Default: ``"uniform"``.
 
     Buffers (saved in checkpoints): ``cluster_size`` [K] EMA assignment counts, ``embed_sum``
     [K, D] EMA sums of assigned vectors (used with ``ema``). ``embedding`` [K, D] is the codebook
@@ -79,10 +90,13 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes: int = 512, code_dim: int = 64, ema: bool = False,
                  decay: float = 0.99, eps: float = 1e-5,
-                 dead_code_threshold: float = 1.0) -> None:
+                 dead_code_threshold: float = 1.0, restart_from: str = "uniform") -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"VectorQuantizer: decay must be in (0, 1), got {decay}")
+        if restart_from not in RESTARTS:
+            raise ConfigError(f"VectorQuantizer: restart_from={restart_from!r}; choose one of {RESTARTS}")
+        self.restart_from = restart_from
         self.num_codes, self.code_dim = num_codes, code_dim
         self.ema, self.decay, self.eps = ema, decay, eps
         self.dead_code_threshold = dead_code_threshold
@@ -147,7 +161,15 @@ class VectorQuantizer(nn.Module):
 
         Branch-free (``torch.where``), so it needs no host-device sync."""
         dead = (self.cluster_size < self.dead_code_threshold) & finite
-        pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
+        if self.restart_from == "error":
+            e = self.embedding.detach().float()
+            fz = flat.float()
+            err = (fz.pow(2).sum(1, keepdim=True) - 2 * fz @ e.t() + e.pow(2).sum(1)).amin(1).clamp_min(0)
+            # an exactly coded batch (all errors 0) falls back to uniform draws; non-finite rows are never drawn
+            err = torch.where(torch.isfinite(err), err, torch.zeros_like(err)) + 1e-12
+            pick = torch.multinomial(err, self.num_codes, replacement=True)
+        else:
+            pick = torch.randint(0, flat.shape[0], (self.num_codes,), device=flat.device)
         candidates = flat[pick].to(self.embedding.dtype)
         if _distributed():
             dist.broadcast(candidates, 0)
