@@ -81,7 +81,14 @@ class MSRResNet(nn.Module):
             default_init(m, 0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = F.leaky_relu(self.conv_first(x), 0.1)
+        return self.reconstruct(F.leaky_relu(self.conv_first(x), 0.1), x)
+
+    def reconstruct(self, feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``bilinear_up(x) + tail(body(feat))``: the residual trunk and the high-resolution tail (pixel shuffle,
+        then convolutions at the output resolution) on features ``feat`` ``[B, num_feat, h, w]`` of the
+        low-resolution image ``x`` ``[B, in_channels, h, w]``. Multi-frame networks
+        (:class:`mmexp.networks.temporal.TemporalConvSR`) fuse a window of frames into ``feat`` and call this with
+        the window's centre frame, so that they differ from this network only by their temporal fusion."""
         out = self.body(feat)
         for conv, f in zip(self.upsample, self.factors):
             out = F.leaky_relu(F.pixel_shuffle(conv(out), f), 0.1)
