@@ -317,3 +317,25 @@ def test_task_restore_runs_a_recurrent_model_on_frame_folders_in_chunks(tmp_path
             np.testing.assert_array_equal(results[8][f"{name}/f{t}.png"], _u8(whole[t]))
     # chunks of 2 with 1 frame of context: the middle of clip a sees a shorter recurrence, yet every frame is there
     assert results[2]["a/f0.png"].shape == (48, 80, 3)
+
+
+def test_full_eval_frames_are_cropped_to_a_multiple_of_mod(tmp_path):
+    """data.dataset.mod crops whole eval frames at the bottom/right (BasicSR's mod_crop), so a x4 model can be
+    tested on a clip whose sides are not multiples of 4; mod=1 keeps the frames as decoded."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from mmexp.data.video import VideoClipDataset
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(3):
+        PILImage.fromarray(rng.integers(0, 255, (22, 35, 3), dtype=np.uint8)).save(folder / f"{t:03d}.png")
+    sources = {"train": [str(folder)], "val": [str(folder)], "test": [str(folder)]}
+    whole = VideoClipDataset("test", image_size=16, sources=sources, num_frames=3, eval_crops="full")[0]["frames"]
+    cropped = VideoClipDataset("test", image_size=16, sources=sources, num_frames=3, eval_crops="full", mod=4)[0]
+    assert whole.shape == (3, 3, 22, 35) and cropped["frames"].shape == (3, 3, 20, 32)
+    torch.testing.assert_close(cropped["frames"], whole[..., :20, :32])
+    with pytest.raises(Exception, match="mod"):
+        VideoClipDataset("test", image_size=16, sources=sources, num_frames=3, eval_crops="full", mod=0)

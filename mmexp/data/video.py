@@ -143,7 +143,10 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         clips_per_video: training items per video and epoch (default 32): a random start and crop each,
             new every epoch, from ``(seed, index, epoch)`` alone.
         eval_stride: frames between the starts of consecutive val/test clips (default ``num_frames``).
-        eval_crops: ``"center"`` (default) or ``"full"`` (whole frames; batches of 1).
+        eval_crops: ``"center"`` (default) or ``"full"`` (whole frames, cropped at the bottom/right to a multiple
+            of ``mod``, as BasicSR's ``mod_crop``; batches of 1).
+        mod: multiple of the whole frames' sides in ``"full"`` mode (default 1: as decoded; 4 for x4 SR of a clip
+            whose sides are not multiples of 4).
         resize_short: resize frames so their short side is this (bicubic) when decoding (default None: as is).
         augment: random horizontal flip of training clips (default True).
         seed: crop seed.
@@ -171,16 +174,18 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         augment: bool = True,
         seed: int = 0,
         how: str = "",
+        mod: int = 1,
     ) -> None:
         super().__init__(split, image_size, channels)
         if not sources or any(s not in sources for s in STANDARD_SPLITS):
             raise ConfigError(f"sources must list videos for every split {STANDARD_SPLITS}, got {sources!r}")
-        for key, value in (("num_frames", num_frames), ("frame_step", frame_step), ("clips_per_video", clips_per_video)):
+        for key, value in (("num_frames", num_frames), ("frame_step", frame_step), ("clips_per_video", clips_per_video),
+                           ("mod", mod)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         if eval_crops not in ("center", "full"):
             raise ConfigError(f"eval_crops must be 'center' or 'full', got {eval_crops!r}")
-        self.num_frames, self.frame_step, self.clips_per_video = num_frames, frame_step, clips_per_video
+        self.num_frames, self.frame_step, self.clips_per_video, self.mod = num_frames, frame_step, clips_per_video, mod
         self.eval_stride = int(eval_stride or num_frames)
         self.eval_crops, self.resize_short, self.augment, self.seed = eval_crops, resize_short, bool(augment), int(seed)
         self.variable_size = split != "train" and eval_crops == "full"
@@ -244,7 +249,10 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
                 top, left = (h - s) // 2, (w - s) // 2
                 window = (slice(top, top + s), slice(left, left + s))
             else:
-                window = (slice(None), slice(None))
+                if h < self.mod or w < self.mod:
+                    raise ConfigError(f"{self.clips[v][1]}: frames of {h}x{w} are smaller than data.dataset.mod="
+                                      f"{self.mod}")
+                window = (slice(0, h - h % self.mod), slice(0, w - w % self.mod))
         frames_at = slice(start, start + self.span, self.frame_step)
 
         def clip(lq: bool) -> torch.Tensor:
