@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -38,13 +39,13 @@ EXPERIMENT = "t2i_shapes_cpu"
 #: family -> (model config, default trainer.max_steps, overrides every cell of the family gets)
 FAMILIES: dict[str, tuple[str, int, list[str]]] = {
     # label-conditioned: the object's shape; captions are not seen
-    "cgan": ("cgan", 2000, []),
-    "text_gan": ("text_gan", 2000, []),
+    "cgan": ("cgan", 1200, []),
+    "text_gan": ("text_gan", 1200, []),
     # the experiment's prior (prefix tokens, 128-d, 4 blocks), its stage 1 given by --stage1 / trained here
-    "vq_prior": ("vq_prior", 400, ["model.transformer.dim=128", "model.transformer.depth=4",
+    "vq_prior": ("vq_prior", 300, ["model.transformer.dim=128", "model.transformer.depth=4",
                                    "model.conditioner.dim=128", "model.cache_codes=true"]),
     # sampling with 10 DDIM steps (trailing spacing): validation and task=eval use the model's sampler
-    "diffusion": ("diffusion", 80, ["model.sampler.steps=10"]),
+    "diffusion": ("diffusion", 60, ["model.sampler.steps=10"]),
 }
 #: text encoders of the text-conditioned families (clip: no weights offline, its error is the cell's note)
 ENCODERS = ["learned", "minilm", "use", "clip"]
@@ -158,11 +159,14 @@ def loadavg() -> str:
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> dict:
-    """Run one mmexp command at one thread, its output into ``log``; wall time, load and the error if any."""
+    """Run one mmexp command at one thread, its output into ``log``; wall and CPU time (the CPU seconds do not
+    grow with the machine's load, the wall time does), load averages and the error if any."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1",
                WANDB_MODE="offline")
     log.parent.mkdir(parents=True, exist_ok=True)
     start, load0 = time.time(), loadavg()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime
     try:
         with open(log, "w") as f:
             f.write("$ " + shown(cmd) + "\n")
@@ -171,7 +175,10 @@ def run(cmd: list[str], log: Path, timeout: float) -> dict:
         error = None if rc == 0 else first_error_line(log.read_text(errors="replace"))
     except subprocess.TimeoutExpired:
         rc, error = -1, f"timed out after {timeout:.0f} s"
-    return {"command": shown(cmd), "rc": rc, "wall_s": round(time.time() - start, 1), "load_start": load0,
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu0
+    return {"command": shown(cmd), "rc": rc, "wall_s": round(time.time() - start, 1), "cpu_s": round(cpu, 1),
+            "load_start": load0,
             "load_end": loadavg(), "log": str(log), "error": error}
 
 
@@ -187,7 +194,7 @@ def fmt(x, digits: int) -> str:
 
 def write_table(results: dict) -> str:
     """The markdown table of ``results`` (results.json's layout): one row per cell, failures with their error."""
-    head = ("| model | encoder | steps | train s | FID val | KID val | colour val | shape val | all val | "
+    head = ("| model | encoder | steps | train wall s | train CPU s | FID val | KID val | colour val | shape val | all val | "
             "colour comp | shape comp | all comp | FID comp | note |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, cell in results["cells"].items():
@@ -200,7 +207,7 @@ def write_table(results: dict) -> str:
         train = cell.get("train") or {}
         family, encoder = name.split("/", 1)
         rows.append("| " + " | ".join([
-            family, encoder, str(cell.get("steps", "")), fmt(train.get("wall_s"), 0),
+            family, encoder, str(cell.get("steps", "")), fmt(train.get("wall_s"), 0), fmt(train.get("cpu_s"), 0),
             fmt(s.get("val/fid"), 1), fmt(s.get("val/kid_mean"), 3),
             fmt(s.get("val/caption_color"), 2), fmt(s.get("val/caption_shape"), 2), fmt(s.get("val/caption_all"), 2),
             fmt(s.get("comp/caption_color"), 2), fmt(s.get("comp/caption_shape"), 2),

@@ -116,20 +116,20 @@ def test_given_stage1_is_used_and_not_trained(tmp_path, capsys, hydra_context):
 
 def test_table_rows_and_failures():
     results = {"protocol": "P", "cells": {
-        "text_gan/learned": {"steps": 2000, "train": {"wall_s": 101.4}, "scores": {
+        "text_gan/learned": {"steps": 2000, "train": {"wall_s": 101.4, "cpu_s": 80.6}, "scores": {
             "val/fid": 123.456, "val/kid_mean": 0.1234, "val/caption_color": 0.5, "val/caption_shape": 0.25,
             "val/caption_all": 0.0625, "comp/caption_color": 0.125, "comp/caption_shape": 1.0,
             "comp/caption_all": 0.0, "comp/fid": 200.04}},
-        "cgan/label": {"steps": 10, "train": {"wall_s": 5.0}, "scores": {"val/label_acc": 0.875}},
-        "diffusion/clip": {"steps": 80, "train": {"wall_s": 9.6}, "failed_at": "train",
+        "cgan/label": {"steps": 10, "train": {"wall_s": 5.0, "cpu_s": 4.4}, "scores": {"val/label_acc": 0.875}},
+        "diffusion/clip": {"steps": 80, "train": {"wall_s": 9.6, "cpu_s": 9.0}, "failed_at": "train",
                            "error": "WeightsNotFoundError: put a | b here"}}}
     lines = t2i_table.write_table(results).splitlines()
     assert lines[0] == "Protocol: P"
-    assert lines[2].count("|") == lines[3].count("|") == 15
-    assert lines[4] == ("| text_gan | learned | 2000 | 101 | 123.5 | 0.123 | 0.50 | 0.25 | 0.06 | 0.12 | 1.00 | 0.00 | "
+    assert lines[2].count("|") == lines[3].count("|") == 16
+    assert lines[4] == ("| text_gan | learned | 2000 | 101 | 81 | 123.5 | 0.123 | 0.50 | 0.25 | 0.06 | 0.12 | 1.00 | 0.00 | "
                         "200.0 |  |")
-    assert lines[5] == "| cgan | label | 10 | 5 | – | – | – | – | – | – | – | – | – | label acc val 0.88 |"
-    assert lines[6] == ("| diffusion | clip | 80 | 10 | – | – | – | – | – | – | – | – | – | failed (train): "
+    assert lines[5] == "| cgan | label | 10 | 5 | 4 | – | – | – | – | – | – | – | – | – | label acc val 0.88 |"
+    assert lines[6] == ("| diffusion | clip | 80 | 10 | 9 | – | – | – | – | – | – | – | – | – | failed (train): "
                         "WeightsNotFoundError: put a / b here |")
 
 
