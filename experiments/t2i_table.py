@@ -84,7 +84,8 @@ def experiment_data() -> tuple[list[str], list[str]]:
 
     cfg = compose_stage([f"experiment={EXPERIMENT}"])
     ds = cfg.data.dataset
-    holdout = ",".join(f"'{pair}'" for pair in ds.holdout)
+    # double quotes inside: shlex then quotes the whole override once, readable to paste into a shell
+    holdout = ",".join(f'"{pair}"' for pair in ds.holdout)
     data = [f"data.dataset.min_shapes={ds.min_shapes}", f"data.dataset.max_shapes={ds.max_shapes}",
             f"data.dataset.num_train={ds.num_train}", f"data.dataset.holdout=[{holdout}]",
             f"data.batch_size={cfg.data.batch_size}", f"data.eval_batch_size={cfg.data.eval_batch_size}",
