@@ -94,7 +94,8 @@ def experiment_data() -> tuple[list[str], list[str]]:
 
 
 def grid(families: list[str], encoders: list[str], steps: dict[str, int]) -> list[Cell]:
-    """Every (family, encoder) cell: cgan by label, and a text+label row of the text GAN."""
+    """Every (family, encoder) cell: cgan by label, and a text+label row of the text GAN; in the order they run:
+    encoder by encoder (every family's first encoder first), so that a run cut short still has every family."""
     cells = []
     for family in families:
         n = steps[family]
@@ -106,7 +107,16 @@ def grid(families: list[str], encoders: list[str], steps: dict[str, int]) -> lis
         if family == "text_gan" and "learned" in encoders:
             cells.append(Cell(family, "learned+label", n,
                               ["text_encoder=learned", "model.conditioner.num_classes=${data.num_classes}", *extra]))
-    return cells
+    rank = {enc: i for i, enc in enumerate(["label", *encoders])}
+    return sorted(cells, key=lambda c: rank.get(c.encoder, len(rank)))
+
+
+def row_order(name: str) -> tuple[int, int, str]:
+    """Table rows by family, then encoder, in the order of FAMILIES and ENCODERS."""
+    family, encoder = name.split("/", 1)
+    families, encoders = list(FAMILIES), ["label", *ENCODERS]
+    return (families.index(family) if family in families else len(families),
+            encoders.index(encoder) if encoder in encoders else len(encoders), encoder)
 
 
 def mmexp(*overrides: str) -> list[str]:
@@ -198,7 +208,11 @@ def write_table(results: dict) -> str:
     head = ("| model | encoder | steps | train wall s | train CPU s | FID val | KID val | colour val | shape val | all val | "
             "colour comp | shape comp | all comp | FID comp | note |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, cell in results["cells"].items():
+    # cells of the grid that have no record yet (a run still going, or stopped) are rows too, not gaps
+    cells = {name: {"note": "not run"} for name in results.get("planned", [])}
+    cells.update(results["cells"])
+    for name in sorted(cells, key=row_order):
+        cell = cells[name]
         s = cell.get("scores") or {}
         note = cell.get("note") or ""
         if cell.get("error"):
@@ -289,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         f"task=eval metrics=t2i metrics.num_samples={args.eval_samples} (generated per split; reference 512 real "
         "images; FID/KID on Inception pool3 of 299 px tf1-bilinear resizes); comp = the compositional split "
         f"(unseen pairs); one thread per run; {hardware()}")
+    results["planned"] = [c.name for c in cells]
     results["command"] = shlex.join(["python", *(sys.argv if argv is None else ["experiments/t2i_table.py", *argv])])
     stage1_error = None
     if need_stage1:

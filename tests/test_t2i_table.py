@@ -61,6 +61,8 @@ def test_dry_run_lists_every_cell_and_each_command_composes(tmp_path, capsys, hy
     expected = {"cgan/label", "text_gan/learned+label"} | {
         f"{family}/{enc}" for family in ("text_gan", "vq_prior", "diffusion") for enc in t2i_table.ENCODERS}
     assert set(commands) == expected | {"stage 1"}
+    # they run encoder by encoder, so that a run cut short has every family: the first four are one per family
+    assert [name.split("/")[0] for name in list(commands)[1:5]] == ["cgan", "text_gan", "vq_prior", "diffusion"]
     experiment = composed(tmp_path, ["experiment=t2i_shapes_cpu"])
     stage1_ckpt = str(out / "runs" / "vqvae_stage1" / "checkpoints" / "last.ckpt")
 
@@ -115,7 +117,7 @@ def test_given_stage1_is_used_and_not_trained(tmp_path, capsys, hydra_context):
 
 
 def test_table_rows_and_failures():
-    results = {"protocol": "P", "cells": {
+    results = {"protocol": "P", "planned": ["vq_prior/use", "cgan/label"], "cells": {
         "text_gan/learned": {"steps": 2000, "train": {"wall_s": 101.4, "cpu_s": 80.6}, "scores": {
             "val/fid": 123.456, "val/kid_mean": 0.1234, "val/caption_color": 0.5, "val/caption_shape": 0.25,
             "val/caption_all": 0.0625, "comp/caption_color": 0.125, "comp/caption_shape": 1.0,
@@ -126,10 +128,13 @@ def test_table_rows_and_failures():
     lines = t2i_table.write_table(results).splitlines()
     assert lines[0] == "Protocol: P"
     assert lines[2].count("|") == lines[3].count("|") == 16
-    assert lines[4] == ("| text_gan | learned | 2000 | 101 | 81 | 123.5 | 0.123 | 0.50 | 0.25 | 0.06 | 0.12 | 1.00 | 0.00 | "
+    # rows by family (cgan, text_gan, vq_prior, diffusion), whatever order the cells ran in
+    assert lines[4] == "| cgan | label | 10 | 5 | 4 | – | – | – | – | – | – | – | – | – | label acc val 0.88 |"
+    assert lines[5] == ("| text_gan | learned | 2000 | 101 | 81 | 123.5 | 0.123 | 0.50 | 0.25 | 0.06 | 0.12 | 1.00 | 0.00 | "
                         "200.0 |  |")
-    assert lines[5] == "| cgan | label | 10 | 5 | 4 | – | – | – | – | – | – | – | – | – | label acc val 0.88 |"
-    assert lines[6] == ("| diffusion | clip | 80 | 10 | 9 | – | – | – | – | – | – | – | – | – | failed (train): "
+    # planned, never run: a row that says so
+    assert lines[6] == "| vq_prior | use |  | – | – | – | – | – | – | – | – | – | – | – | not run |"
+    assert lines[7] == ("| diffusion | clip | 80 | 10 | 9 | – | – | – | – | – | – | – | – | – | failed (train): "
                         "WeightsNotFoundError: put a / b here |")
 
 
