@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--encoders", nargs="+", default=ENCODERS)
-    ap.add_argument("--only", nargs="+", default=None, help="cells to run, e.g. text_gan/learned (default: all)")
+    ap.add_argument("--only", nargs="+", default=None, help="cells to run, in this order, e.g. text_gan/learned (default: all)")
     ap.add_argument("--steps", nargs="+", default=[], metavar="FAMILY=N", help="trainer.max_steps per family")
     ap.add_argument("--stage1", default=None, help="a VQ-VAE checkpoint for the vq_prior cells (default: train one)")
     ap.add_argument("--stage1-steps", type=int, default=None, help="the VQ-VAE's budget (default: the experiment's)")
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.only) - {c.name for c in cells})
         if unknown:
             ap.error(f"--only {unknown}: not cells of this grid; cells are {[c.name for c in cells]}")
-        cells = [c for c in cells if c.name in args.only]
+        by_name = {c.name: c for c in cells}
+        cells = [by_name[name] for name in dict.fromkeys(args.only)]
     out = args.out.resolve()
     data, stage1_overrides = experiment_data()
     ckpt = stage1_ckpt(out, args.stage1)

@@ -114,6 +114,9 @@ def test_given_stage1_is_used_and_not_trained(tmp_path, capsys, hydra_context):
     commands = dry_run_commands(capsys, tmp_path, "--only", "vq_prior/use", "--stage1-steps", "5")
     assert list(commands) == ["stage 1", "vq_prior/use"]
     assert composed(tmp_path, commands["stage 1"][0]).trainer.max_steps == 5
+    # --only runs its cells in its own order
+    commands = dry_run_commands(capsys, tmp_path, "--stage1", "/x/s1.ckpt", "--only", "diffusion/use", "cgan/label")
+    assert list(commands) == ["diffusion/use", "cgan/label"]
 
 
 def test_table_rows_and_failures():
