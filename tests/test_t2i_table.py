@@ -95,6 +95,8 @@ def test_dry_run_lists_every_cell_and_each_command_composes(tmp_path, capsys, hy
             assert cfg.model.conditioner.num_classes == (4 if encoder.endswith("+label") else None), name
         if family == "vq_prior":
             assert cfg.model.stage1.ckpt_path == stage1_ckpt
+        if family == "diffusion":  # a short run samples from its raw weights, with few DDIM steps
+            assert cfg.model.ema_decay is None and cfg.model.sampler.steps == 10
         run_dir = out / "runs" / name.replace("/", "_").replace("+", "_")
         assert f"hydra.run.dir={run_dir}" in train
         # the eval commands differ only in their checkpoint and run directory: one is composed
