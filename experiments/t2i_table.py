@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=256, help="metrics.num_samples per split of task=eval")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds one mmexp command may run")
     ap.add_argument("--redo", action="store_true", help="train and score again the cells results.json has")
+    ap.add_argument("--stop-at", default=None, metavar="HH:MM",
+                    help="UTC clock time after which no run goes on: a run still going is stopped (recorded as timed "
+                         "out), the cells not started are recorded as not run")
     args = ap.parse_args(argv)
 
     steps = {f: FAMILIES[f][1] for f in FAMILIES}
@@ -282,6 +285,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--only {unknown}: not cells of this grid; cells are {[c.name for c in cells]}")
         by_name = {c.name: c for c in cells}
         cells = [by_name[name] for name in dict.fromkeys(args.only)]
+    deadline = None
+    if args.stop_at:
+        try:
+            hh, mm = (int(x) for x in args.stop_at.split(":"))
+        except ValueError:
+            ap.error(f"--stop-at {args.stop_at!r}: want HH:MM (UTC)")
+        now = time.gmtime()
+        deadline = time.time() + (hh * 60 + mm - now.tm_hour * 60 - now.tm_min) * 60 - now.tm_sec
+
+    def budget() -> float:
+        return args.timeout if deadline is None else max(1.0, min(args.timeout, deadline - time.time()))
+
     out = args.out.resolve()
     data, stage1_overrides = experiment_data()
     ckpt = stage1_ckpt(out, args.stage1)
@@ -311,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     if need_stage1:
         if (out / "runs" / STAGE1 / "metrics.json").exists() and Path(ckpt).exists() and not args.redo:
             print(f"stage 1: done already ({ckpt})", flush=True)
+        elif deadline is not None and time.time() >= deadline:
+            stage1_error = f"not run: --stop-at {args.stop_at} UTC reached"
         else:
             print(f"stage 1: {shown(s1)}", flush=True)
-            results["stage1"] = run(s1, out / "logs" / f"{STAGE1}.log", args.timeout)
+            results["stage1"] = run(s1, out / "logs" / f"{STAGE1}.log", budget())
             save(out, results)
             stage1_error = results["stage1"]["error"]
             print(f"stage 1: {results['stage1']['wall_s']} s, {stage1_error or 'ok'}", flush=True)
@@ -323,16 +340,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.name}: scored already", flush=True)
             continue
         record = {"steps": c.steps, "overrides": c.overrides}
-        if c.family == "vq_prior" and stage1_error:
+        if deadline is not None and time.time() >= deadline:
+            record["note"] = f"not run: --stop-at {args.stop_at} UTC reached"
+        elif c.family == "vq_prior" and stage1_error:
             record.update(error=f"stage 1 failed: {stage1_error}", failed_at="stage 1")
         else:
-            train = run(train_command(c, out, data, ckpt), out / "logs" / f"{c.slug}.train.log", args.timeout)
+            train = run(train_command(c, out, data, ckpt), out / "logs" / f"{c.slug}.train.log", budget())
             record["train"] = train
             if train["error"]:
                 record.update(error=train["error"], failed_at="train")
             else:
                 record["samples"] = str(out / "runs" / c.slug / "samples")
-                ev = run(eval_command(c, out, args.eval_samples), out / "logs" / f"{c.slug}.eval.log", args.timeout)
+                ev = run(eval_command(c, out, args.eval_samples), out / "logs" / f"{c.slug}.eval.log", budget())
                 record["eval"] = ev
                 scores = out / "runs" / c.slug / "eval" / "t2i.json"
                 if ev["error"] or not scores.exists():
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                     record["scores"] = read_eval(scores)
         results["cells"][c.name] = record
         save(out, results)
-        print(f"{c.name}: {record.get('error') or record.get('scores')}", flush=True)
+        print(f"{c.name}: {record.get('error') or record.get('scores') or record.get('note')}", flush=True)
     print((out / "table.md").read_text() if (out / "table.md").exists() else "no table", flush=True)
     return 0
 

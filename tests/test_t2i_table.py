@@ -5,6 +5,7 @@ puts each number and each failure in its place."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -156,3 +157,15 @@ def test_read_eval_maps_splits(tmp_path):
     path.write_text('{"eval/fid": 3.0, "eval_compositional/caption_shape": 0.5, "eval/label_acc": 1.0, '
                     '"protocol/name": "t2i"}')
     assert t2i_table.read_eval(path) == {"val/fid": 3.0, "comp/caption_shape": 0.5, "val/label_acc": 1.0}
+
+
+def test_stop_at_records_every_cell_it_does_not_run(tmp_path, hydra_context):
+    # 00:00 UTC has passed: nothing trains (no stage 1 either), and every cell still gets its row
+    assert t2i_table.main([str(tmp_path), "--stop-at", "00:00", "--only", "vq_prior/use", "cgan/label"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "stage1" not in results and not (tmp_path / "runs").exists()
+    assert {name: cell["note"] for name, cell in results["cells"].items()} == {
+        "vq_prior/use": "not run: --stop-at 00:00 UTC reached", "cgan/label": "not run: --stop-at 00:00 UTC reached"}
+    rows = (tmp_path / "table.md").read_text().splitlines()[4:6]
+    assert [r.split(" | ")[:2] for r in rows] == [["| cgan", "label"], ["| vq_prior", "use"]]
+    assert all(r.endswith("| not run: --stop-at 00:00 UTC reached |") for r in rows)
