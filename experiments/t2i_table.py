@@ -217,9 +217,12 @@ def write_table(results: dict) -> str:
         s = cell.get("scores") or {}
         note = cell.get("note") or ""
         if cell.get("error"):
-            note = (note + "; " if note else "") + f"failed ({cell.get('failed_at', 'train')}): {cell['error']}"
+            # the error's first sentence (results.json keeps its whole first line)
+            error = cell["error"].split(". ", 1)[0]
+            note = (note + "; " if note else "") + f"failed ({cell.get('failed_at', 'train')}): {error}"
         if s.get("val/label_acc") is not None:
-            note = (note + "; " if note else "") + f"label acc val {s['val/label_acc']:.2f}"
+            note = (note + "; " if note else "") + f"label acc val {fmt(s['val/label_acc'], 2)} / comp " \
+                   f"{fmt(s.get('comp/label_acc'), 2)}"
         train = cell.get("train") or {}
         family, encoder = name.split("/", 1)
         rows.append("| " + " | ".join([
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         f"data=shapes as experiment={EXPERIMENT} (32 px, one object, 7 held-out colour-shape pairs, seed 42); "
         f"task=eval metrics=t2i metrics.num_samples={args.eval_samples} (generated per split; reference 512 real "
         "images; FID/KID on Inception pool3 of 299 px tf1-bilinear resizes); comp = the compositional split "
-        f"(unseen pairs); one thread per run; {hardware()}")
+        f"(unseen pairs); {hardware()}")
     results["planned"] = [c.name for c in cells]
     results["command"] = shlex.join(["python", *(sys.argv if argv is None else ["experiments/t2i_table.py", *argv])])
     stage1_error = None

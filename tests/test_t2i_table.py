@@ -128,14 +128,15 @@ def test_table_rows_and_failures():
             "val/fid": 123.456, "val/kid_mean": 0.1234, "val/caption_color": 0.5, "val/caption_shape": 0.25,
             "val/caption_all": 0.0625, "comp/caption_color": 0.125, "comp/caption_shape": 1.0,
             "comp/caption_all": 0.0, "comp/fid": 200.04}},
-        "cgan/label": {"steps": 10, "train": {"wall_s": 5.0, "cpu_s": 4.4}, "scores": {"val/label_acc": 0.875}},
+        "cgan/label": {"steps": 10, "train": {"wall_s": 5.0, "cpu_s": 4.4}, "scores": {"val/label_acc": 0.875,
+                                                                                    "comp/label_acc": 0.5}},
         "diffusion/clip": {"steps": 80, "train": {"wall_s": 9.6, "cpu_s": 9.0}, "failed_at": "train",
-                           "error": "WeightsNotFoundError: put a | b here"}}}
+                           "error": "WeightsNotFoundError: put a | b here. Or else use x"}}}
     lines = t2i_table.write_table(results).splitlines()
     assert lines[0] == "Protocol: P"
     assert lines[2].count("|") == lines[3].count("|") == 16
     # rows by family (cgan, text_gan, vq_prior, diffusion), whatever order the cells ran in
-    assert lines[4] == "| cgan | label | 10 | 5 | 4 | – | – | – | – | – | – | – | – | – | label acc val 0.88 |"
+    assert lines[4] == "| cgan | label | 10 | 5 | 4 | – | – | – | – | – | – | – | – | – | label acc val 0.88 / comp 0.50 |"
     assert lines[5] == ("| text_gan | learned | 2000 | 101 | 81 | 123.5 | 0.123 | 0.50 | 0.25 | 0.06 | 0.12 | 1.00 | 0.00 | "
                         "200.0 |  |")
     # planned, never run: a row that says so
