@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         record = {"steps": c.steps, "overrides": c.overrides}
         if deadline is not None and time.time() >= deadline:
+            if done:  # an earlier run's failure stays on record
+                continue
             record["note"] = f"not run: --stop-at {args.stop_at} UTC reached"
         elif c.family == "vq_prior" and stage1_error:
             record.update(error=f"stage 1 failed: {stage1_error}", failed_at="stage 1")

@@ -161,12 +161,19 @@ def test_read_eval_maps_splits(tmp_path):
 
 
 def test_stop_at_records_every_cell_it_does_not_run(tmp_path, hydra_context):
-    # 00:00 UTC has passed: nothing trains (no stage 1 either), and every cell still gets its row
-    assert t2i_table.main([str(tmp_path), "--stop-at", "00:00", "--only", "vq_prior/use", "cgan/label"]) == 0
+    # 00:00 UTC has passed: nothing trains (no stage 1 either), and every cell still gets its row; a failure an
+    # earlier run recorded stays
+    failed = {"steps": 1, "error": "ValueError: bad", "failed_at": "train"}
+    (tmp_path / "results.json").write_text(json.dumps({"cells": {"text_gan/use": failed}}))
+    only = ["vq_prior/use", "cgan/label", "text_gan/use"]
+    assert t2i_table.main([str(tmp_path), "--stop-at", "00:00", "--only", *only]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert "stage1" not in results and not (tmp_path / "runs").exists()
-    assert {name: cell["note"] for name, cell in results["cells"].items()} == {
+    assert results["cells"]["text_gan/use"] == failed
+    assert {name: results["cells"][name]["note"] for name in only[:2]} == {
         "vq_prior/use": "not run: --stop-at 00:00 UTC reached", "cgan/label": "not run: --stop-at 00:00 UTC reached"}
-    rows = (tmp_path / "table.md").read_text().splitlines()[4:6]
-    assert [r.split(" | ")[:2] for r in rows] == [["| cgan", "label"], ["| vq_prior", "use"]]
-    assert all(r.endswith("| not run: --stop-at 00:00 UTC reached |") for r in rows)
+    rows = (tmp_path / "table.md").read_text().splitlines()[4:7]
+    assert [r.split(" | ")[:2] for r in rows] == [["| cgan", "label"], ["| text_gan", "use"], ["| vq_prior", "use"]]
+    assert rows[1].endswith("| failed (train): ValueError: bad |")
+    assert rows[0].endswith("| not run: --stop-at 00:00 UTC reached |")
+    assert rows[2].endswith("| not run: --stop-at 00:00 UTC reached |")
