@@ -70,17 +70,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _join_ranks(ctx, timeout: float, poll: float) -> None:
+    """Wait for spawned ranks; kill them and fail after ``timeout`` seconds (a collective one rank never joined)."""
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=poll):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish (a collective that only one rank entered?)")
+
+
 def test_two_gloo_ranks_equal_one_process(metrics_cache, metrics_photos, metrics_float, tmp_path):
     real = metrics_float(metrics_photos(32, N_REAL, "a", seed=11))
     fake = metrics_float(metrics_photos(32, N_FAKE, "b", seed=12))
     ctx = torch.multiprocessing.spawn(_worker, args=(2, _free_port(), real, fake, str(tmp_path)), nprocs=2,
                                       join=False)
-    deadline = time.monotonic() + 600
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two ranks did not finish (a collective that only one rank entered?)")
+    _join_ranks(ctx, 600, poll=5)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     single = MetricSuite(refstats_dir=str(tmp_path / "single"), **OPTIONS)
@@ -175,12 +180,7 @@ def test_caption_and_label_accuracy_under_two_gloo_ranks_equal_one_process(tmp_p
 
     ctx = torch.multiprocessing.spawn(_captioned_worker, args=(2, _free_port(), cache, str(tmp_path)), nprocs=2,
                                       join=False)
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two ranks did not finish (a collective that only one rank entered?)")
+    _join_ranks(ctx, 300, poll=2)
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
         assert set(got["results"]) == set(expected)

@@ -25,6 +25,20 @@ def sigma_to_unit_range(sigma_255: float) -> float:
     return float(sigma_255) * 2.0 / 255.0
 
 
+
+def _level_range(value: float | Sequence[float], name: str, unit: str, gray_prob: float) -> tuple[float, float]:
+    """``(low, high)`` from a number or a ``[low, high]`` pair, with ``0 <= low <= high``; ``gray_prob`` in [0, 1].
+    ConfigError naming ``name`` otherwise."""
+    try:
+        lo, hi = (float(value), float(value)) if isinstance(value, (int, float)) else (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number or [low, high], got {value!r}") from None
+    if not 0 <= lo <= hi:
+        raise ConfigError(f"{name} must satisfy 0 <= low <= high{unit}, got {value!r}")
+    if not 0 <= gray_prob <= 1:
+        raise ConfigError(f"gray_prob must be in [0, 1], got {gray_prob}")
+    return lo, hi
+
 class GaussianNoise(Degradation):
     """``input = input + n``, ``n ~ N(0, sigma^2)`` per pixel, sigma in grey levels of 255.
 
@@ -42,17 +56,7 @@ class GaussianNoise(Degradation):
     """
 
     def __init__(self, sigma: float | Sequence[float] = 25.0, gray_prob: float = 0.0, clip: bool = False) -> None:
-        if isinstance(sigma, (int, float)):
-            lo = hi = float(sigma)
-        else:
-            try:
-                lo, hi = (float(v) for v in sigma)
-            except (TypeError, ValueError):
-                raise ConfigError(f"GaussianNoise sigma must be a number or [low, high], got {sigma!r}") from None
-        if not 0 <= lo <= hi:
-            raise ConfigError(f"GaussianNoise sigma must satisfy 0 <= low <= high (grey levels of 255), got {sigma!r}")
-        if not 0 <= gray_prob <= 1:
-            raise ConfigError(f"gray_prob must be in [0, 1], got {gray_prob}")
+        lo, hi = _level_range(sigma, "GaussianNoise sigma", " (grey levels of 255)", gray_prob)
         self.sigma = (lo, hi)
         self.gray_prob, self.clip = float(gray_prob), bool(clip)
 
@@ -88,14 +92,7 @@ class PoissonNoise(Degradation):
     """
 
     def __init__(self, scale: float | Sequence[float] = (0.05, 3.0), gray_prob: float = 0.4, clip: bool = True) -> None:
-        try:
-            lo, hi = (float(scale), float(scale)) if isinstance(scale, (int, float)) else (float(v) for v in scale)
-        except (TypeError, ValueError):
-            raise ConfigError(f"PoissonNoise scale must be a number or [low, high], got {scale!r}") from None
-        if not 0 <= lo <= hi:
-            raise ConfigError(f"PoissonNoise scale must satisfy 0 <= low <= high, got {scale!r}")
-        if not 0 <= gray_prob <= 1:
-            raise ConfigError(f"gray_prob must be in [0, 1], got {gray_prob}")
+        lo, hi = _level_range(scale, "PoissonNoise scale", "", gray_prob)
         self.scale, self.gray_prob, self.clip = (lo, hi), float(gray_prob), bool(clip)
 
     def apply(self, sample: Sample, seed: int) -> Sample:
