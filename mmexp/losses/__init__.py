@@ -22,7 +22,9 @@ discriminator and the images; a likelihood takes the decoder's ``log_sigma``). T
   outputs on them; ``real_features``, ``fake_features``: D's intermediate activations on them (feature
   matching); ``discriminator``: D itself; ``step``: index of the discriminator step;
 - ``mu``, ``logvar``, ``log_sigma``: VAE posterior and decoder scale;
-- ``commitment``, ``codebook``: the vector quantiser's distances.
+- ``commitment``, ``codebook``: the vector quantiser's distances;
+- ``input``, ``network``: a restorer's degraded input and its network (the warping loss of a video
+  network's flow, :mod:`.flow`).
 
 Values and logs. A term returns its **unweighted** value; the total is ``sum(weight * value)``.
 Totals keep their names (``train/loss``; a GAN's ``train/d_loss`` and ``train/g_loss``) and each

@@ -373,7 +373,8 @@ class RestorationModel(Restorer):
 
         pred = self(x, hole=hole, caption=batch.get("caption"))
         self.check_output(pred, y, x)
-        inputs: dict[str, Any] = {"pred": pred, "target": y}
+        # input and network: for terms on the network's internals (a video network's flow: losses/flow.py)
+        inputs: dict[str, Any] = {"pred": pred, "target": y, "input": x, "network": self.network}
         if hole is not None:
             inputs["pixel_weight"] = hole
         d = self.discriminator
