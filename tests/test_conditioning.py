@@ -204,6 +204,36 @@ def test_drop_all_drops_both_together(encoder):
     assert drop_text.all() and drop_label.all()
 
 
+def test_word_dropout_masks_single_token_states():
+    """p_drop_word: dropped positions (real tokens only) become the masked-word token, the rest, the mask and the
+    pooled vector stay; the rate is p, the same generator gives the same positions; off by default."""
+    torch.manual_seed(0)
+    cond = Conditioner(learned_encoder(), dim=8, p_drop_text=0.0, p_drop_word=0.3)
+    full = cond(CAPTIONS)
+    batch = {"caption": CAPTIONS * 500}
+    a = cond.from_batch(batch, drop=True, generator=torch.Generator().manual_seed(1))
+    b = cond.from_batch(batch, drop=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.tokens, b.tokens)
+    ref = full.tokens.repeat(500, 1, 1)
+    assert torch.equal(a.mask, full.mask.repeat(500, 1)) and torch.equal(a.pooled, full.pooled.repeat(500, 1))
+    masked = (a.tokens == cond.masked_word_token).all(-1)
+    kept = (a.tokens == ref).all(-1)
+    assert torch.equal(masked | kept, torch.ones_like(masked)) and not (masked & ~a.mask).any()
+    assert abs(masked[a.mask].float().mean().item() - 0.3) < 0.01
+    # without drop (evaluation) nothing is masked; p_drop_word=0 adds no parameter and draws nothing
+    assert_same_condition(cond.from_batch({"caption": CAPTIONS}), full)
+    plain = Conditioner(learned_encoder(), dim=8, p_drop_text=0.0)
+    assert not hasattr(plain, "masked_word_token")
+    g, h = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain.from_batch({"caption": CAPTIONS}, drop=True, generator=g)
+    plain.sample_drop(len(CAPTIONS), h)
+    assert torch.equal(g.get_state(), h.get_state())
+    with pytest.raises(ConfigError, match="p_drop_word"):
+        Conditioner(None, num_classes=3, dim=8, p_drop_word=0.1)
+    with pytest.raises(ConfigError, match="p_drop_word=0"):
+        plain(CAPTIONS, drop_words=torch.ones(4, 24, dtype=torch.bool))
+
+
 def test_null_equals_dropping_everything(conditioner):
     labels = torch.tensor([0, 1, 2, 1])
     caption = CAPTIONS if conditioner.uses_text else None

@@ -73,24 +73,37 @@ class Conditioner(nn.Module):
         p_drop_all (float): probability of dropping everything at once, on top of the independent drops; with
             both text and labels, independent drops alone train the fully unconditional input only
             ``p_drop_text * p_drop_label`` of the time. Default: 0.0.
+        p_drop_word (float): probability of replacing each of a kept caption's token states by a learned "masked
+            word" token in training (word dropout, as BERT's ``[MASK]`` on the condition side). A model that must
+            draw from a caption missing its colour or its shape learns to read each word for what it says alone,
+            which is what a colour-shape pair it never saw needs; with ``text_encoder=learned encoder.depth=0``
+            the states are the words themselves. It draws ``B x max_length`` extra uniforms only when > 0, so
+            runs without it keep their random streams. Default: 0.0.
     """
 
     def __init__(self, text_encoder: TextEncoder | None = None, num_classes: int | None = None, dim: int = 256,
-                 p_drop_text: float = 0.1, p_drop_label: float = 0.1, p_drop_all: float = 0.0) -> None:
+                 p_drop_text: float = 0.1, p_drop_label: float = 0.1, p_drop_all: float = 0.0,
+                 p_drop_word: float = 0.0) -> None:
         super().__init__()
-        for name, p in (("p_drop_text", p_drop_text), ("p_drop_label", p_drop_label), ("p_drop_all", p_drop_all)):
+        for name, p in (("p_drop_text", p_drop_text), ("p_drop_label", p_drop_label), ("p_drop_all", p_drop_all),
+                        ("p_drop_word", p_drop_word)):
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"Conditioner: {name}={p} is not a probability in [0, 1]")
         if text_encoder is not None and not isinstance(text_encoder, TextEncoder):
             raise ConfigError(f"Conditioner: text_encoder must be a TextEncoder, got {type(text_encoder).__name__}")
         self.dim = int(dim)
         self.p_drop_text, self.p_drop_label, self.p_drop_all = float(p_drop_text), float(p_drop_label), float(p_drop_all)
+        self.p_drop_word = float(p_drop_word)
+        if self.p_drop_word and text_encoder is None:
+            raise ConfigError(f"Conditioner: p_drop_word={p_drop_word} needs a text encoder (text_encoder=none)")
         self.text_encoder = text_encoder
         if text_encoder is not None:
             self.text_tokens = nn.Linear(text_encoder.dim, dim)
             self.text_pooled = nn.Linear(text_encoder.dim, dim)
             self.null_text_token = nn.Parameter(torch.randn(dim) * 0.02)
             self.null_text_pooled = nn.Parameter(torch.randn(dim) * 0.02)
+            if self.p_drop_word:
+                self.masked_word_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.label_encoder = LabelEncoder(num_classes, dim) if num_classes else None
         if self.label_encoder is not None:
             self.null_label = nn.Parameter(torch.randn(dim) * 0.02)
@@ -174,7 +187,7 @@ class Conditioner(nn.Module):
     # ------------------------------------------------------------------ conditions
     def forward(self, caption: Sequence[str] | None = None, label: torch.Tensor | None = None,
                 drop_text: torch.Tensor | None = None, drop_label: torch.Tensor | None = None,
-                batch_size: int | None = None) -> Condition:
+                batch_size: int | None = None, drop_words: torch.Tensor | None = None) -> Condition:
         """The condition of a batch.
 
         Args:
@@ -183,7 +196,12 @@ class Conditioner(nn.Module):
             drop_text (Tensor | None): bool ``[B]``, True: replace that caption by the null text. Default: None.
             drop_label (Tensor | None): bool ``[B]``, True: replace that label by the null label. Default: None.
             batch_size (int | None): B, needed only when neither captions nor labels are given. Default: None.
+            drop_words (Tensor | None): bool ``[B, >= L]`` (L: the encoded captions' length), True: replace that
+                token state by the masked-word token (word dropout; needs ``p_drop_word > 0`` at construction).
+                Default: None.
         """
+        if drop_words is not None and not hasattr(self, "masked_word_token"):
+            raise ConfigError("Conditioner: drop_words given, but this conditioner was built with p_drop_word=0")
         if caption is not None and not self.uses_text:
             raise ConfigError("Conditioner: got captions, but this model is " + (
                 "conditioned on labels only (text_encoder=none); pass labels" if self.uses_label else
@@ -218,6 +236,12 @@ class Conditioner(nn.Module):
                 text = self.text_encoder.encode(caption).to(device)
                 tokens = self.text_tokens(text.tokens) * text.mask[..., None]
                 mask, pooled = text.mask, self.text_pooled(text.pooled)
+                if drop_words is not None:
+                    if drop_words.shape[0] != b or drop_words.shape[1] < tokens.shape[1]:
+                        raise ConfigError(f"Conditioner: drop_words must be bool [{b}, >= {tokens.shape[1]}], "
+                                          f"got {tuple(drop_words.shape)}")
+                    words = drop_words[:, :tokens.shape[1], None].to(device) & mask[..., None]
+                    tokens = torch.where(words, self.masked_word_token, tokens)
                 if drop_text is not None:
                     drop = drop_text.to(device)
                     null_tokens = F.pad(self.null_text_token[None, None], (0, 0, 0, tokens.shape[1] - 1))
@@ -255,9 +279,14 @@ class Conditioner(nn.Module):
         with condition dropout (:meth:`sample_drop`) when ``drop``."""
         b = batch_length(batch)
         drop_text, drop_label = self.sample_drop(b, generator) if drop else (None, None)
+        drop_words = None
+        if drop and self.p_drop_word:
+            device = generator.device if generator is not None else self.device
+            u = torch.rand(b, self.text_encoder.max_length, generator=generator, device=device)
+            drop_words = (u < self.p_drop_word).to(self.device)
         return self(batch["caption"] if self.uses_text else None, batch["label"] if self.uses_label else None,
-                    drop_text, drop_label, batch_size=b)
+                    drop_text, drop_label, batch_size=b, drop_words=drop_words)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, p_drop_text={self.p_drop_text}, p_drop_label={self.p_drop_label}, "
-                f"p_drop_all={self.p_drop_all}")
+                f"p_drop_all={self.p_drop_all}, p_drop_word={self.p_drop_word}")
