@@ -215,9 +215,11 @@ def test_word_dropout_masks_single_token_states():
     b = cond.from_batch(batch, drop=True, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.tokens, b.tokens)
     ref = full.tokens.repeat(500, 1, 1)
-    assert torch.equal(a.mask, full.mask.repeat(500, 1)) and torch.equal(a.pooled, full.pooled.repeat(500, 1))
+    # (a batch of 2,000 rounds differently from one of 4, with more than one thread: close, not equal)
+    assert torch.equal(a.mask, full.mask.repeat(500, 1))
+    torch.testing.assert_close(a.pooled, full.pooled.repeat(500, 1), atol=1e-5, rtol=0)
     masked = (a.tokens == cond.masked_word_token).all(-1)
-    kept = (a.tokens == ref).all(-1)
+    kept = torch.isclose(a.tokens, ref, atol=1e-5, rtol=0).all(-1)
     assert torch.equal(masked | kept, torch.ones_like(masked)) and not (masked & ~a.mask).any()
     assert abs(masked[a.mask].float().mean().item() - 0.3) < 0.01
     # without drop (evaluation) nothing is masked; p_drop_word=0 adds no parameter and draws nothing
