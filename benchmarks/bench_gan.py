@@ -6,7 +6,8 @@ a plain loop. All run the same DCGAN networks (same init), batch, optimizers (fu
 0.5/0.999, the framework's default) and loss (non-saturating BCE), one D and one G update per batch (n_disc=1),
 on the same in-memory pre-batched data. Warm-up iterations are excluded; each side runs
 ``--repeats`` times alternately and every iteration is timed (from one batch start to the
-next, so loop overhead counts); the reported rate is 1 / median iteration time, which is robust
+next, so loop overhead counts; with ``--window K``, every K iterations, synchronising a GPU only
+there, as training does); the reported rate is 1 / median iteration time, which is robust
 to other jobs on a shared machine (the mean is printed too). An iteration = one batch =
 one D step + one G step (two Lightning ``global_step``s).
 
@@ -56,10 +57,13 @@ def adam():
 
 
 class Timer(L.Callback):
-    """Timestamps at the start of every batch and at the end of the last one."""
+    """Timestamps at the start of every ``window``-th batch and at the end of the last one (a CUDA device is
+    synchronised at each stamp only, so with ``window`` > 1 the host may run ahead of the GPU in between, as in a
+    real run)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 1) -> None:
         self.stamps: list[float] = []
+        self.window = window
 
     def _now(self, module) -> float:
         if module.device.type == "cuda":
@@ -67,15 +71,17 @@ class Timer(L.Callback):
         return time.perf_counter()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.stamps.append(self._now(module))
+        if batch_idx % self.window == 0:
+            self.stamps.append(self._now(module))
 
     def on_train_end(self, trainer, module):
         self.stamps.append(self._now(module))
 
 
-def timed(stamps: list[float], warmup: int) -> list[float]:
-    """Per-iteration seconds after the warm-up."""
-    return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+def timed(stamps: list[float], warmup: int, window: int = 1) -> list[float]:
+    """Per-iteration seconds after the warm-up (``warmup`` a multiple of ``window``), one value per window."""
+    first = warmup // window
+    return [(b - a) / window for a, b in zip(stamps[first:], stamps[first + 1:])]
 
 
 def user_progress_bar():
@@ -99,7 +105,7 @@ def run_lightning(args, data, user: bool = False) -> list[float]:
     # the progress bar python -m mmexp uses (conf/callbacks/default.yaml), else Lightning's default
     bar = user_progress_bar() if user else None
     model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1)
-    timer = Timer()
+    timer = Timer(args.window)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
                             devices=1, logger=CSVLogger(tmp) if user else False, enable_checkpointing=False,
@@ -107,7 +113,7 @@ def run_lightning(args, data, user: bool = False) -> list[float]:
                             num_sanity_val_steps=0, limit_val_batches=0,
                             callbacks=[timer] + ([instantiate(bar)] if bar is not None else []))
         trainer.fit(model, DataLoader(data, batch_size=None, shuffle=False))
-    return timed(timer.stamps, args.warmup)
+    return timed(timer.stamps, args.warmup, args.window)
 
 
 def run_plain(args, data) -> float:
@@ -118,9 +124,10 @@ def run_plain(args, data) -> float:
     loss = NonSaturatingLoss()
     stamps = []
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    for batch in DataLoader(data, batch_size=None, shuffle=False):
-        sync()
-        stamps.append(time.perf_counter())
+    for i, batch in enumerate(DataLoader(data, batch_size=None, shuffle=False)):
+        if i % args.window == 0:
+            sync()
+            stamps.append(time.perf_counter())
         real = batch["image"].to(dev)
         b = real.shape[0]
         with torch.no_grad():
@@ -137,7 +144,7 @@ def run_plain(args, data) -> float:
         d.requires_grad_(True)
     sync()
     stamps.append(time.perf_counter())
-    return timed(stamps, args.warmup)
+    return timed(stamps, args.warmup, args.window)
 
 
 def main() -> None:
@@ -152,7 +159,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--window", type=int, default=1,
+                   help="iterations per timing window: 1 synchronises a GPU every iteration (host overhead fully "
+                        "exposed); more lets the host queue work ahead between stamps, as training does")
     args = p.parse_args()
+    if args.warmup % args.window or args.steps % args.window:
+        p.error(f"--warmup ({args.warmup}) and --steps ({args.steps}) must be multiples of --window ({args.window})")
     data = Batches(args.warmup + args.steps, args.batch_size, args.channels, args.image_size)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,7 +176,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device={args.device} ({name}) threads={torch.get_num_threads()} batch={args.batch_size} "
           f"size={args.image_size} base_channels={args.base_channels} "
-          f"{args.repeats} x {args.steps} timed iterations (+{args.warmup} warm-up each)")
+          f"{args.repeats} x {args.steps} timed iterations (+{args.warmup} warm-up each), window {args.window}")
     for key, t in times.items():
         print(f"{key:11s}: {1 / statistics.median(t):8.2f} it/s median, {len(t) / sum(t):8.2f} it/s mean, "
               f"{args.batch_size / statistics.median(t):9.1f} img/s")

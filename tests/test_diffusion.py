@@ -229,8 +229,9 @@ def test_an_image_depends_on_its_own_generator_not_on_its_batch(tmp_path, kind, 
     kw = {"kind": kind, "eta": eta, "steps": 3}
     together = model.generate_conditional(PROMPTS, labels, indices=[10, 11, 12], **kw)
     apart = model.generate_conditional(PROMPTS[1:], labels[1:], indices=[11, 12], batch_size=1, **kw)
-    # equal up to float rounding: the text encoder pads captions to the longest one of its batch
-    torch.testing.assert_close(together[1:], apart, rtol=0, atol=1e-4)
+    # equal up to float rounding: the text encoder pads captions to the longest one of its batch, and a batch of 3
+    # and one of 1 take different kernels (seen: 1.8e-4 with one thread); another generator moves pixels by > 0.1
+    torch.testing.assert_close(together[1:], apart, rtol=0, atol=1e-3)
     other = model.generate_conditional(PROMPTS[1:], labels[1:], indices=[21, 22], **kw)
     assert (other - apart).abs().amax() > 0.1
 

@@ -396,3 +396,79 @@ def test_nan_forward_restores_discriminator_batchnorm_with_a_check_every_step():
     for key, value in model.discriminator.state_dict().items():
         assert torch.isfinite(value.float()).all(), f"discriminator {key} holds NaN after the NaN step"
         assert torch.equal(value, rec.state[f"discriminator.{key}"]), key
+
+
+class _CountKernels:
+    """ATen ops that do work (views, detaches and aliases excluded) dispatched inside the ``with`` block."""
+
+    FREE = ("view", "detach", "alias", "reshape", "_unsafe_view", "split", "lift_fresh")
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not any(str(func).startswith(f"aten.{f}") for f in outer.FREE):
+                    outer.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.count, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_buffer_snapshot_restores_in_a_fixed_number_of_kernels():
+    """Snapshot and conditional restore of 36 buffers (12 BatchNorms: float statistics and an int64 counter each)
+    take a handful of kernel launches, not ~3 per buffer (each launch is host time a small GPU step cannot spare),
+    and put back exactly the old values when the step was not finite, nothing when it was."""
+    net = torch.nn.Sequential(*[torch.nn.BatchNorm1d(5) for _ in range(12)])
+    model = make_gan()
+    model.extra = net
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with _CountKernels() as taking:
+        snap = model.snapshot_buffers(net)
+    assert len(snap) == 36
+    net.train()(torch.randn(8, 5))  # changes every running stat and counter
+    changed = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not all(torch.equal(before[k], changed[k]) for k in before)
+    with _CountKernels() as keeping:
+        snap.restore_unless(torch.tensor(True))
+    assert all(torch.equal(v, changed[k]) for k, v in net.state_dict().items())
+    with _CountKernels() as restoring:
+        snap.restore_unless(torch.tensor(False))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # two dtype groups: a cat each to take; a cat, a where and one multi-tensor copy each to restore (+ ok.to)
+    assert taking.count <= 2 and keeping.count <= 10 and restoring.count <= 10, \
+        (taking.count, keeping.count, restoring.count)
+
+
+def test_buffer_list_follows_the_module_to_a_new_dtype():
+    """snapshot_buffers caches each module set's buffer list; ``.double()`` replaces the buffers and must not
+    leave the cache restoring into the old float32 tensors."""
+    model = make_gan()
+    model.snapshot_buffers(model.discriminator)
+    model.double()
+    bn = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    old = bn.running_mean.clone()
+    snap = model.snapshot_buffers(model.discriminator)
+    bn.running_mean.fill_(float("nan"))
+    snap.restore_unless(torch.tensor(False))
+    assert bn.running_mean.dtype == torch.float64 and torch.equal(bn.running_mean, old)
+
+
+def test_training_scalars_with_different_keys_per_batch_average_per_key():
+    """With n_disc=2 a D-only batch logs the D scalars and a D+G batch also the G ones: each key is the mean over
+    the batches that logged it."""
+    model = make_gan()
+    logged = {}
+    model.log_dict = lambda values, **kw: logged.update(values)
+    for values in ({"d": 1.0}, {"d": 2.0, "g": 10.0}, {"d": 6.0}, {"d": 3.0, "g": 20.0}):
+        model.log_train({k: torch.tensor(v) for k, v in values.items()})
+    model._flush_train_logs(on_step=True)
+    assert logged == {"d": pytest.approx(3.0), "g": pytest.approx(15.0)}
+    assert not model._running

@@ -144,7 +144,8 @@ class LossSet(nn.Module):
             value = term(**kwargs) if side == "model" else term.d_loss(**kwargs)
             if value is None:
                 continue
-            weighted = term.weight * value
+            # weight 1 (most terms): no multiply, one kernel launch less per term and step
+            weighted = value if term.weight == 1.0 else term.weight * value
             total = weighted if total is None else total + weighted
             parts[name] = value.detach()
         if total is None:
