@@ -123,8 +123,9 @@ class GenerativeModule(L.LightningModule):
         # (buffer snapshot, device "all finite") of the current batch, applied in on_train_batch_end
         self._restore: tuple[list, torch.Tensor] | None = None
         self.sample_seed = int(sample_seed)
-        # loss name -> (first bad step, or -1; value at that step), device tensors, not saved
-        self._nonfinite: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the loss names of one guard_finite call -> (first bad step of each, or -1; its value at that step),
+        # device vectors, not saved
+        self._nonfinite: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._batches_seen = 0
         # modules' ids -> their buffers (snapshot_buffers); cleared by _apply
         self._buffer_lists: dict[tuple[int, ...], list[torch.Tensor]] = {}
