@@ -29,7 +29,8 @@ class AdversarialTraining:
                          optimizer_g: Callable[..., torch.optim.Optimizer],
                          optimizer_d: Callable[..., torch.optim.Optimizer],
                          scheduler_g: Callable[..., Any] | None, scheduler_d: Callable[..., Any] | None,
-                         n_disc: int, ema_decay: float | None, ema_start: int, losses_hint: str) -> None:
+                         n_disc: int, ema_decay: float | None, ema_start: int, losses_hint: str,
+                         augment: nn.Module | None = None) -> None:
         name = type(self).__name__
         self.automatic_optimization = False
         if n_disc < 1:
@@ -48,6 +49,8 @@ class AdversarialTraining:
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
         self.n_disc = int(n_disc)
         self.ema = EMA(generator, ema_decay, ema_start) if ema_decay is not None else None
+        # differentiable augmentation of every image D sees, real and fake, in D's and G's steps (DiffAugment)
+        self.augment = augment
         self._sched: dict[str, Any] = {}
 
     @property
@@ -80,6 +83,10 @@ class AdversarialTraining:
     def discriminator_parameters(self) -> Iterable[nn.Parameter]:
         """What the discriminator's optimizer trains."""
         return self.discriminator.parameters()
+
+    def discriminator_view(self, images: torch.Tensor) -> torch.Tensor:
+        """What D is shown of ``images`` during training: the augmentation's output when one is configured."""
+        return images if self.augment is None else self.augment(images)
 
     def adversarial_modules(self) -> tuple[nn.Module, ...]:
         """Modules whose buffers a training forward pass changes (restored after a non-finite step)."""
@@ -117,6 +124,8 @@ class AdversarialTraining:
 
         with torch.no_grad():
             fake, _ = self.synthesize(b, None if condition is None else condition.detach())
+        # D's loss terms (R1, gradient penalty, matching-aware pairs) see the images D saw: augmented ones
+        real, fake = self.discriminator_view(real), self.discriminator_view(fake)
         real_logits, fake_logits = self.critic(real, condition), self.critic(fake, condition)
         d_out = self.loss.d_loss(
             real_logits=real_logits, fake_logits=fake_logits, real=real, fake=fake, step=self.d_step_index(),
@@ -138,7 +147,8 @@ class AdversarialTraining:
             self.discriminator.requires_grad_(False)
             try:
                 fake, g_inputs = self.synthesize(b, condition)
-                g_out = self.loss(fake_logits=self.critic(fake, condition), fake=fake, **g_inputs)
+                g_out = self.loss(fake_logits=self.critic(self.discriminator_view(fake), condition), fake=fake,
+                                  **g_inputs)
                 g_loss = g_out.total
                 ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
                 opt_g.zero_grad(set_to_none=True)
@@ -183,6 +193,9 @@ class GAN(AdversarialTraining, GenerativeModule):
         sample_seed (int): seed of the validation/preview noise. Default: 0.
         finite_check_every_n_steps, log_every_n_steps (int | None): see
             :class:`GenerativeModule`. Default: None (auto).
+        augment (nn.Module | None): applied to every image D sees in training, real and generated, in
+            D's and G's steps, e.g. :class:`mmexp.networks.diffaugment.DiffAugment`
+            (``model/augment=diffaugment``). Validation and samples never pass through it. Default: None.
 
     ``n_disc`` follows StudioGAN (``d_updates_per_step``): every D update uses a fresh real
     batch, so the discriminator takes one step on **every** training batch and the generator
@@ -207,13 +220,13 @@ class GAN(AdversarialTraining, GenerativeModule):
                  scheduler_d: Callable[..., Any] | None = None, n_disc: int = 1,
                  ema_decay: float | None = None, ema_start: int = 0, num_preview: int = 64,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
-                 log_every_n_steps: int | None = None) -> None:
+                 log_every_n_steps: int | None = None, augment: nn.Module | None = None) -> None:
         super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
         self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
-                                          "optimizer_d", "scheduler_g", "scheduler_d"])
+                                          "optimizer_d", "scheduler_g", "scheduler_d", "augment"])
         self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g,
                               scheduler_d, n_disc, ema_decay, ema_start,
-                              "loss=gan_bce, gan_hinge, wgan_gp or gan_hinge_r1")
+                              "loss=gan_bce, gan_hinge, wgan_gp or gan_hinge_r1", augment)
         self.num_preview = int(num_preview)
 
     # ------------------------------------------------------------------ the adversarial step's parts
