@@ -91,6 +91,28 @@ def test_quantizer_nearest_code_and_straight_through():
     assert 1 <= out.perplexity <= 8 and 0 < out.usage <= 1
 
 
+@pytest.mark.parametrize("ema", [True, False])
+def test_quantizer_trains_under_bf16_autocast_as_in_fp32(ema):
+    """trainer=gpu trains in bf16-mixed: the EMA codebook update used to fail there ("expected dtype float for
+    `end`"), and bf16 distances would pick other codes. Under autocast the quantizer assigns the codes fp32 does
+    and keeps fp32 statistics."""
+    z = torch.randn(4, 8, 6, 6)
+    outs, quantizers = [], []
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(32, 8, ema=ema, restart_from="error", dead_code_threshold=0.5).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            torch.manual_seed(1)
+            outs.append(vq(z))
+            outs.append(vq(z * 0.5))
+        quantizers.append(vq)
+    assert torch.equal(outs[0].indices, outs[2].indices) and torch.equal(outs[1].indices, outs[3].indices)
+    a, b = quantizers
+    assert b.cluster_size.dtype == b.embed_sum.dtype == b.embedding.dtype == torch.float32
+    torch.testing.assert_close(b.embedding, a.embedding)
+    torch.testing.assert_close(b.cluster_size, a.cluster_size)
+
+
 def test_quantizer_losses_and_codebook_gradient():
     vq = _vq(dead_code_threshold=0)
     z = torch.randn(2, 4, 3, 3, requires_grad=True)

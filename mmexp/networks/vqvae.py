@@ -110,9 +110,13 @@ class VectorQuantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         # a non-finite batch must not corrupt the codebook or its statistics (branch-free)
         finite = torch.isfinite(flat.detach()).all() if self.training else None
+        # code assignment and the codebook's statistics in fp32 also under autocast (bf16-mixed): a bf16 distance
+        # picks the wrong nearest code, and the fp32 statistics buffers cannot take bf16 updates
+        no_autocast = torch.autocast(z.device.type, enabled=False)
         if self.training and self.dead_code_threshold > 0:
-            self._restart_dead_codes(flat.detach(), finite)
-        with torch.no_grad():
+            with no_autocast:
+                self._restart_dead_codes(flat.detach(), finite)
+        with torch.no_grad(), no_autocast:
             fz = flat.detach().float()
             e = self.embedding.float()
             dist_ = fz.pow(2).sum(1, keepdim=True) - 2 * fz @ e.t() + e.pow(2).sum(1)
@@ -123,7 +127,8 @@ class VectorQuantizer(nn.Module):
         commitment = F.mse_loss(z, quantized.detach())
         codebook = None if self.ema else F.mse_loss(quantized, z.detach())
         if self.training:
-            self._update_stats(counts, onehot, fz, finite)
+            with no_autocast:
+                self._update_stats(counts, onehot, fz, finite)
         quantized = z + (quantized - z).detach()  # straight-through estimator
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
