@@ -41,8 +41,10 @@ FAMILIES: dict[str, tuple[str, int, list[str]]] = {
     # label-conditioned: the object's shape; captions are not seen
     "cgan": ("cgan", 1200, []),
     "text_gan": ("text_gan", 1200, []),
-    # the experiment's prior (prefix tokens, 128-d, 4 blocks), its stage 1 given by --stage1 / trained here
-    "vq_prior": ("vq_prior", 300, ["model.transformer.dim=128", "model.transformer.depth=4",
+    # the experiment's prior (cross-attention to the caption, 128-d, 4 blocks), its stage 1 given by --stage1
+    # (the experiment's own 16x16 VQ-VAE) or trained here with the experiment's stage-1 overrides
+    "vq_prior": ("vq_prior", 300, ["model.transformer.conditioning=cross_attention",
+                                   "model.transformer.dim=128", "model.transformer.depth=4",
                                    "model.conditioner.dim=128", "model.cache_codes=true"]),
     # sampling with 10 DDIM steps (trailing spacing): validation and task=eval use the model's sampler; raw
     # weights: an EMA of decay 0.999 after 60 steps is still ~94% the initial weights (it samples pure noise)
@@ -326,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     results["planned"] = [c.name for c in cells]
     results["command"] = shlex.join(["python", *(sys.argv if argv is None else ["experiments/t2i_table.py", *argv])])
     stage1_error = None
+    if args.stage1 is not None and any(c.family == "vq_prior" for c in cells):
+        results["stage1"] = {"given": str(Path(args.stage1).resolve()), "note": "--stage1: not trained here"}
     if need_stage1:
         if (out / "runs" / STAGE1 / "metrics.json").exists() and Path(ckpt).exists() and not args.redo:
             print(f"stage 1: done already ({ckpt})", flush=True)
