@@ -177,3 +177,17 @@ def test_stop_at_records_every_cell_it_does_not_run(tmp_path, hydra_context):
     assert rows[1].endswith("| failed (train): ValueError: bad |")
     assert rows[0].endswith("| not run: --stop-at 00:00 UTC reached |")
     assert rows[2].endswith("| not run: --stop-at 00:00 UTC reached |")
+
+
+def test_given_stage1_is_recorded_in_place_of_an_earlier_one(tmp_path, hydra_context):
+    # results.json says which stage 1 its vq_prior rows were measured on: a given file replaces the record of a
+    # stage 1 an earlier run trained (the rows rerun on it would otherwise be credited to the old one)
+    (tmp_path / "results.json").write_text(json.dumps({"cells": {}, "stage1": {"command": "python -m mmexp ..."}}))
+    assert t2i_table.main([str(tmp_path), "--stop-at", "00:00", "--only", "vq_prior/use", "--stage1",
+                           str(tmp_path / "s1.ckpt")]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["stage1"] == {"given": str(tmp_path / "s1.ckpt"), "note": "--stage1: not trained here"}
+    # cells of other families need no stage 1: its record stays as it was
+    (tmp_path / "results.json").write_text(json.dumps({"cells": {}, "stage1": {"command": "x"}}))
+    assert t2i_table.main([str(tmp_path), "--stop-at", "00:00", "--only", "cgan/label", "--stage1", "s1.ckpt"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["stage1"] == {"command": "x"}
