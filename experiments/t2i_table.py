@@ -41,7 +41,7 @@ FAMILIES: dict[str, tuple[str, int, list[str]]] = {
     # label-conditioned: the object's shape; captions are not seen
     "cgan": ("cgan", 1200, []),
     "text_gan": ("text_gan", 1200, []),
-    # the experiment's prior (cross-attention to the caption, 128-d, 4 blocks), its stage 1 given by --stage1
+    # a prior that cross-attends to the caption as the experiment's does (128-d, 4 blocks), its stage 1 given by --stage1
     # (the experiment's own 16x16 VQ-VAE) or trained here with the experiment's stage-1 overrides
     "vq_prior": ("vq_prior", 300, ["model.transformer.conditioning=cross_attention",
                                    "model.transformer.dim=128", "model.transformer.depth=4",
