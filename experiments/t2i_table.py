@@ -41,8 +41,8 @@ FAMILIES: dict[str, tuple[str, int, list[str]]] = {
     # label-conditioned: the object's shape; captions are not seen
     "cgan": ("cgan", 1200, []),
     "text_gan": ("text_gan", 1200, []),
-    # a prior that cross-attends to the caption as the experiment's does (128-d, 4 blocks), its stage 1 given by --stage1
-    # (the experiment's own 16x16 VQ-VAE) or trained here with the experiment's stage-1 overrides
+    # a prior that cross-attends to the caption as the experiment's does (128-d, 4 blocks); its stage 1 given by
+    # --stage1 (the experiment's own 16x16 VQ-VAE) or trained here with the experiment's stage-1 overrides
     "vq_prior": ("vq_prior", 300, ["model.transformer.conditioning=cross_attention",
                                    "model.transformer.dim=128", "model.transformer.depth=4",
                                    "model.conditioner.dim=128", "model.cache_codes=true"]),

@@ -50,7 +50,7 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     padded = nn.functional.pad(x, [1, 1, 1, 1])
     flat = padded.permute(0, 2, 3, 1)  # [B, H+2, W+2, C]
     out = flat[torch.arange(b, device=x.device)[:, None, None], gy, gx]
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.contiguous_format)
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
