@@ -10,15 +10,44 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from mmexp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
 def register_resolvers() -> None:
-    """``${mmexp.wandb_offline:}`` and friends; called once, on ``import mmexp``."""
+    """``${mmexp.wandb_offline:}``, ``${mmexp.degradation_scale:...}``; called once, on ``import mmexp``."""
     from mmexp.loggers import wandb_offline
 
     if not OmegaConf.has_resolver("mmexp.wandb_offline"):
         OmegaConf.register_new_resolver("mmexp.wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("mmexp.degradation_scale"):
+        OmegaConf.register_new_resolver("mmexp.degradation_scale", degradation_scale)
+
+
+def degradation_scale(node: Any) -> int:
+    """The downsampling factor of a degradation config (0 when it does not downsample): the ``scale`` of its
+    ``Downsample``, found also inside pipelines (``Compose`` stages, ``OneOf`` options), where the last one
+    sets the input's size. The SR protocol's ``crop_border`` follows it (``metrics=sr``). Options that
+    downsample by different factors are refused (no one border fits them)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        if str(node.get("_target_", "")).rsplit(".", 1)[-1] == "Downsample":
+            return int(node.get("scale", 4))
+        found = [degradation_scale(v) for k, v in node.items() if k not in ("_target_", "options")]
+        found = [f for f in found if f]
+        opts = node.get("options") or []
+        options = [degradation_scale(v) for v in (opts.values() if isinstance(opts, Mapping) else opts)]
+        if len(set(f for f in options if f)) > 1:
+            raise ConfigError(f"degradation options downsample by different factors {sorted(set(options))}: "
+                              "set metrics.crop_border yourself")
+        found += [f for f in options if f][:1]
+        return found[-1] if found else 0
+    if isinstance(node, (list, tuple)):
+        found = [f for f in (degradation_scale(v) for v in node) if f]
+        return found[-1] if found else 0
+    return 0
 
 
 def build(cfg: Any, **kwargs: Any) -> Any:

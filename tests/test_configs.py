@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 import mmexp
 from mmexp.config import build
+from mmexp.errors import ConfigError
 from tests.conftest import compose_cfg
 
 CONF = Path(mmexp.__file__).parent / "conf"
@@ -93,3 +94,27 @@ def test_optuna_search_sweeps_what_it_names(tmp_path):
             drawn = compose_cfg(tmp_path, "hparams_search=optuna_dcgan", f"{key}={value}")
             build(drawn.model)
     assert cfg.optimized_metric == "val/fid"
+
+
+@pytest.mark.parametrize("degradation, border", [("bicubic_x2", 2), ("bicubic_x3", 3), ("bicubic_x4", 4),
+                                                 ("bicubic_x4_noise", 4), ("classic_x4", 4), ("second_order_x4", 4),
+                                                 ("gaussian_noise", 0), ("box", 0)])
+def test_sr_protocol_crops_the_degradations_scale_also_inside_pipelines(tmp_path, degradation, border):
+    # metrics=sr removes `scale` pixels at every side (BasicSR's crop_border); a pipeline (Compose, OneOf) has no
+    # top-level `scale`, and its border was 0
+    cfg = compose_cfg(tmp_path, "data=photos", "model=msrresnet", "metrics=sr", f"degradation={degradation}")
+    assert cfg.metrics.crop_border == border
+    cfg = compose_cfg(tmp_path, "data=photos", "model=msrresnet", "metrics=sr", "degradation=classic_x4",
+                      "degradation.stages.down.scale=2")
+    assert cfg.metrics.crop_border == 2
+
+
+def test_degradation_scale_refuses_options_of_different_scales():
+    from mmexp.config import degradation_scale
+    down = "mmexp.degradations.Downsample"
+    assert degradation_scale(None) == 0
+    assert degradation_scale({"_target_": "x.Compose", "stages": [{"_target_": down, "scale": 2},
+                                                                    {"_target_": down, "scale": 3}]}) == 3
+    with pytest.raises(ConfigError, match=r"different factors \[2, 4\]"):
+        degradation_scale({"_target_": "x.OneOf", "options": {"a": {"_target_": down, "scale": 2},
+                                                              "b": {"_target_": down, "scale": 4}}})
