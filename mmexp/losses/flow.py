@@ -5,13 +5,14 @@ Motion Smoothness", ECCV Workshops 2016; Meister, Hur & Roth, "UnFlow", AAAI 201
 frame onto the current one should reproduce it (brightness constancy), and flow fields are mostly smooth.
 
 Why here: BasicVSR aligns with a pretrained SpyNet; offline, :class:`~mmexp.networks.flow.SpyNetLite` starts from
-scratch, and trained by the super-resolution loss alone it does not learn motion (on carphone after 1,500 steps
-of ``experiment=vsr_x4_video_cpu`` its flow warps the next low-resolution frame onto the current one *worse*
-than no flow at all: L1 0.046 against 0.022, OpenCV Farneback 0.018). This term gives the flow network the
-signal pretraining would have given it, on the low-resolution frames the network already reads. Measured at
-that budget it aligns carphone (L1 0.019 on the same frames, Farneback 0.018) but not bikes after training on
-bigbuckbunny (flow 0.05 px against Farneback's 0.63: L1 0.048, no flow 0.049), and the super-resolution is
-worse on both (PSNR-Y 27.72 vs 27.83 on carphone, 29.98 vs 30.23 on bikes): opt-in (``loss=l1_warp``).
+scratch, and trained by the super-resolution loss alone it does not learn motion (on carphone after 1,500 steps of
+``experiment=vsr_x4_video_cpu`` in its clean setting, ``degradation=bicubic_x4`` and videos only, its flow warps
+the next low-resolution frame onto the current one *worse* than no flow at all: L1 0.046 against 0.022, OpenCV
+Farneback 0.018). This term gives the flow network the signal pretraining would have given it, on the
+low-resolution frames the network already reads. Measured at that budget it aligns carphone (L1 0.019 on the same
+frames, Farneback 0.018) but not bikes after training on bigbuckbunny (flow 0.05 px against Farneback's 0.63: L1
+0.048, no flow 0.049), and the super-resolution is worse on both (PSNR-Y 27.72 vs 27.83 on carphone, 29.98 vs
+30.23 on bikes): opt-in (``loss=l1_warp``).
 """
 
 from __future__ import annotations
