@@ -117,8 +117,7 @@ def vsr_figure(args: argparse.Namespace) -> None:
               titled(Bicubic(scale=4).restore(centre), "bicubic")]
     if args.single:
         panels.append(titled(mmexp.load(args.single, device="cpu").restore(centre), "single-frame"))
-    # the clip goes to the model itself (mmexp.load(...).restore reads images)
-    panels += [titled(mmexp.load(args.ckpt, device="cpu").model.restore(x), f"{t} frames"),
+    panels += [titled(mmexp.load(args.ckpt, device="cpu").restore(x[0])[None], f"{t} frames"),
                panel_wh(hr, hr.shape[-2:], "ground truth")]
     h, w = panels[0].height, panels[0].width
     out = Image.new("RGB", (len(panels) * (w + 4) - 4, h), "white")

@@ -139,7 +139,9 @@ class Pipeline:
         """Restore one image of any size with a restoration model (``task=restore`` does the same per file).
 
         ``image``: a tensor ``[C, H, W]`` or ``[B, C, H, W]`` in [-1, 1], a PIL image or an image file's path
-        (for super-resolution, the low-resolution image); ``hole``: for inpainting models, the mask (tensor
+        (for super-resolution, the low-resolution image); for a multi-frame model (video SR) a clip, ``[T, C, H, W]``
+        or ``[B, T, C, H, W]`` (its window of frames: the centre frame comes back, or every frame for models that
+        restore all; ``task=restore`` restores whole videos); ``hole``: for inpainting models, the mask (tensor
         ``[H, W]``, ``[1, H, W]`` or ``[B, 1, H, W]``, PIL image or path; non-zero = fill), the size of the image;
         ``prompt``: text for text-guided models. Large images are tiled (``tile`` input pixels with
         ``tile_overlap`` pixels of context; see :func:`mmexp.restore.restore_tensor`). Returns the restored image
@@ -159,6 +161,19 @@ class Pipeline:
             x = read_image(image, channels)
         else:
             x = torch.as_tensor(image, dtype=torch.float32)
+        num_frames = getattr(model, "num_frames", 1)
+        if num_frames != 1:  # clips
+            batched = x.dim() == 5
+            x = x if batched else x[None]
+            if x.dim() != 5 or x.shape[2] != channels or (num_frames is not None and x.shape[1] != num_frames):
+                raise ShapeMismatchError(
+                    f"{type(model).__name__} restores clips of {num_frames or 'T'} frames of {channels} channels, "
+                    f"[T, C, H, W] or [B, T, C, H, W]; got {tuple(torch.as_tensor(image).shape)}")
+            if hole is not None:
+                raise ConfigError(f"{type(model).__name__} restores clips without holes")
+            caption = [prompt] * x.shape[0] if prompt else None
+            y = restore_tensor(model, x.to(self.device), None, caption, tile, tile_overlap).cpu()
+            return y if batched else y[0]
         batched = x.dim() == 4
         x = x if batched else x[None]
         if x.dim() != 4 or x.shape[1] != channels:

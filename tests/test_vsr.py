@@ -377,3 +377,22 @@ def test_full_eval_frames_are_cropped_to_a_multiple_of_mod(tmp_path):
     torch.testing.assert_close(cropped["frames"], whole[..., :20, :32])
     with pytest.raises(Exception, match="mod"):
         VideoClipDataset("test", image_size=16, sources=sources, num_frames=3, eval_crops="full", mod=0)
+
+
+def test_load_restore_takes_clips_for_multi_frame_models(clip_checkpoints):
+    """mmexp.load(CKPT).restore(clip): a window [T, C, H, W] (or a batch of them) gives the model's output, tiled
+    like images; a wrong window length or an image is refused with both shapes named."""
+    import mmexp
+
+    pipe = mmexp.load(clip_checkpoints["vsr_tcn"], device="cpu")
+    window = clip(2, 3, 9, 11, seed=4)
+    whole = pipe.model.restore(window)
+    torch.testing.assert_close(pipe.restore(window[0]), whole[0])
+    torch.testing.assert_close(pipe.restore(window), whole)
+    torch.testing.assert_close(pipe.restore(window, tile=5, tile_overlap=4), whole, atol=1e-5, rtol=0)
+    with pytest.raises(ShapeMismatchError, match=r"clips of 3 frames of 3 channels.*\(5, 3, 9, 11\)"):
+        pipe.restore(clip(1, 5, 9, 11)[0])
+    with pytest.raises(ShapeMismatchError, match=r"\(3, 9, 11\)"):
+        pipe.restore(window[0, 0])
+    recurrent = mmexp.load(clip_checkpoints["basicvsr"], device="cpu")
+    assert recurrent.restore(window[0]).shape == (3, 3, 36, 44)  # every frame
