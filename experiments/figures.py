@@ -48,13 +48,26 @@ def crop_of_test_photo() -> torch.Tensor:
     return x[:, :, top: top + s, left: left + s]
 
 
-def panel(x: torch.Tensor, size: int, title: str) -> Image.Image:
-    x = F.interpolate(x, size=(size, size), mode="nearest") if x.shape[-1] != size else x
+def panel(x: torch.Tensor, size: int | tuple[int, int], title: str) -> Image.Image:
+    """``x`` shown at ``size`` (a side, or ``(h, w)``; nearest: an input's pixels stay visible), ``title`` above."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    x = F.interpolate(x, size=(h, w), mode="nearest") if tuple(x.shape[-2:]) != (h, w) else x
     a = ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    im = Image.new("RGB", (size, size + 18), "white")
+    im = Image.new("RGB", (w, h + 18), "white")
     im.paste(Image.fromarray(a), (0, 18))
     ImageDraw.Draw(im).text((3, 3), title, fill="black")
     return im
+
+
+def save_row(panels: list[Image.Image], path: str, what: str) -> None:
+    """``panels`` side by side (4 px apart) into ``path``; print what the titles say."""
+    h, w = panels[0].height, panels[0].width
+    out = Image.new("RGB", (len(panels) * (w + 4) - 4, h), "white")
+    for i, p in enumerate(panels):
+        out.paste(p, (i * (w + 4), 0))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, optimize=True)
+    print(f"wrote {path} ({Path(path).stat().st_size // 1024} KB); {what}")
 
 
 def main() -> None:
@@ -87,13 +100,7 @@ def main() -> None:
     panels = [panel(shown, side, ("LR x2 input" if args.task == "sr" else "noisy sigma 25") + score(shown)),
               panel(peer.restore(x), side, peer_name + score(peer.restore(x))),
               panel(mine, side, "mmexp" + score(mine)), panel(hr, side, "ground truth")]
-    out = Image.new("RGB", (len(panels) * (side + 4) - 4, side + 18), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * (side + 4), 0))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    out.save(args.out, optimize=True)
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size // 1024} KB); PSNR{' (Y, crop 2)' if y else ' (RGB)'} "
-          "on the crop in the panel titles")
+    save_row(panels, args.out, f"PSNR{' (Y, crop 2)' if y else ' (RGB)'} on the crop in the panel titles")
 
 
 def vsr_figure(args: argparse.Namespace) -> None:
@@ -111,33 +118,15 @@ def vsr_figure(args: argparse.Namespace) -> None:
 
     def titled(img: torch.Tensor, name: str) -> Image.Image:
         db = psnr_per_image(prepare(img, True, 4), prepare(hr, True, 4)).item()
-        return panel_wh(img, hr.shape[-2:], f"{name} {db:.2f} dB")
+        return panel(img, hr.shape[-2:], f"{name} {db:.2f} dB")
 
-    panels = [panel_wh(centre, hr.shape[-2:], "noisy x4 input (centre)"),
+    panels = [panel(centre, hr.shape[-2:], "noisy x4 input (centre)"),
               titled(Bicubic(scale=4).restore(centre), "bicubic")]
     if args.single:
         panels.append(titled(mmexp.load(args.single, device="cpu").restore(centre), "single-frame"))
     panels += [titled(mmexp.load(args.ckpt, device="cpu").restore(x[0])[None], f"{t} frames"),
-               panel_wh(hr, hr.shape[-2:], "ground truth")]
-    h, w = panels[0].height, panels[0].width
-    out = Image.new("RGB", (len(panels) * (w + 4) - 4, h), "white")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * (w + 4), 0))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    out.save(args.out, optimize=True)
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size // 1024} KB); PSNR (Y, crop 4) of the whole frame in "
-          "the panel titles")
-
-
-def panel_wh(x: torch.Tensor, size: tuple[int, int], title: str) -> Image.Image:
-    """``x`` at ``size`` (nearest: the input's pixels stay visible) with ``title`` above it."""
-    h, w = int(size[0]), int(size[1])
-    x = F.interpolate(x, size=(h, w), mode="nearest") if tuple(x.shape[-2:]) != (h, w) else x
-    a = ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    im = Image.new("RGB", (w, h + 18), "white")
-    im.paste(Image.fromarray(a), (0, 18))
-    ImageDraw.Draw(im).text((3, 3), title, fill="black")
-    return im
+               panel(hr, hr.shape[-2:], "ground truth")]
+    save_row(panels, args.out, "PSNR (Y, crop 4) of the whole frame in the panel titles")
 
 
 if __name__ == "__main__":
