@@ -8,7 +8,7 @@ the paper's reference implementation (``color``: brightness, saturation, contras
 shifts of up to 1/8 of the image with zero padding; ``cutout``: a zeroed square of half the image's
 side), each drawn independently per image from the global torch RNG (so a resumed run draws the same).
 
-Use it from a GAN config: ``model.augment=diffaugment`` (``conf/model/augment/diffaugment.yaml``), or
+Use it from a GAN config: ``model/augment=diffaugment`` (``conf/model/augment/diffaugment.yaml``), or
 ``model.augment.policy=[translation]``.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmexp.errors import ConfigError
+from mmexp.errors import ConfigError, ShapeMismatchError
 
 POLICIES = ("color", "translation", "cutout")
 
@@ -88,7 +88,7 @@ class DiffAugment(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"DiffAugment expects images [B, C, H, W], got {tuple(x.shape)}")
+            raise ShapeMismatchError(f"DiffAugment expects images [B, C, H, W], got {tuple(x.shape)}")
         for name in self.policy:
             x = _FUNCTIONS[name](x)
         return x
