@@ -1,8 +1,9 @@
 """Throughput of the GAN LightningModule under ``lightning.Trainer`` vs a plain PyTorch loop.
 
-Three contestants in one process: the module under a bare Trainer (no logger, no progress bar), the module
-as ``python -m mmexp`` runs it ("user": progress bar + CSV logger, logging every ``log_every_n_steps``), and
-a plain loop. All run the same DCGAN networks (same init), batch, optimizers (fused Adam 2e-4, betas
+Four contestants in one process: the module under a bare Trainer (no logger, no progress bar), the module
+as ``python -m mmexp`` runs it ("user": progress bar + CSV logger, logging every ``log_every_n_steps``), the
+plain loop's step as a bare LightningModule under the same bare Trainer ("lightning": what Lightning itself
+costs, the floor for mmexp's module), and a plain loop. All run the same DCGAN networks (same init), batch, optimizers (fused Adam 2e-4, betas
 0.5/0.999, the framework's default) and loss (non-saturating BCE), one D and one G update per batch (n_disc=1),
 on the same in-memory pre-batched data. Warm-up iterations are excluded; each side runs
 ``--repeats`` times alternately and every iteration is timed (from one batch start to the
@@ -12,6 +13,9 @@ to other jobs on a shared machine (the mean is printed too). An iteration = one 
 one D step + one G step (two Lightning ``global_step``s).
 
     python benchmarks/bench_gan.py --steps 50 --batch-size 64 --image-size 32 --device cpu
+    # host-bound, as a small model's step is on a GPU: tiny nets, one thread, so per-step host time is all there is
+    python benchmarks/bench_gan.py --device cpu --batch-size 2 --base-channels 4 --latent-dim 16 --threads 1 \
+        --steps 300 --warmup 30
 """
 
 from __future__ import annotations
@@ -116,6 +120,48 @@ def run_lightning(args, data, user: bool = False) -> list[float]:
     return timed(timer.stamps, args.warmup, args.window)
 
 
+class PlainStep(L.LightningModule):
+    """The plain loop's step as a bare LightningModule (manual optimisation, nothing else): what Lightning itself
+    costs, the floor for mmexp's module under the same Trainer."""
+
+    def __init__(self, g, d, latent_dim: int) -> None:
+        super().__init__()
+        self.g, self.d, self.latent_dim = g, d, latent_dim
+        self.loss = NonSaturatingLoss()
+        self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        return [adam()(params=self.d.parameters()), adam()(params=self.g.parameters())]
+
+    def training_step(self, batch, batch_idx):
+        opt_d, opt_g = self.optimizers()
+        real = batch["image"]
+        b = real.shape[0]
+        with torch.no_grad():
+            fake = self.g(torch.randn(b, self.latent_dim, device=real.device))
+        d_loss = self.loss.d_loss(self.d(real), self.d(fake))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.d.requires_grad_(False)
+        g_loss = self.loss(self.d(self.g(torch.randn(b, self.latent_dim, device=real.device))))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        opt_g.step()
+        self.d.requires_grad_(True)
+
+
+def run_lightning_floor(args, data) -> list[float]:
+    """:class:`PlainStep` under a bare Trainer (as "mmexp bare")."""
+    g, d = networks(args)
+    timer = Timer(args.window)
+    trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device, devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(PlainStep(g, d, args.latent_dim), DataLoader(data, batch_size=None, shuffle=False))
+    return timed(timer.stamps, args.warmup, args.window)
+
+
 def run_plain(args, data) -> float:
     dev = torch.device(args.device)
     g, d = networks(args)
@@ -168,10 +214,11 @@ def main() -> None:
     data = Batches(args.warmup + args.steps, args.batch_size, args.channels, args.image_size)
     if args.threads:
         torch.set_num_threads(args.threads)
-    times: dict[str, list[float]] = {"mmexp bare": [], "mmexp user": [], "plain loop": []}
-    for _ in range(args.repeats):  # alternate, so slow phases of a shared machine hit all three
+    times: dict[str, list[float]] = {"mmexp bare": [], "mmexp user": [], "lightning": [], "plain loop": []}
+    for _ in range(args.repeats):  # alternate, so slow phases of a shared machine hit all of them
         times["mmexp bare"] += run_lightning(args, data)
         times["mmexp user"] += run_lightning(args, data, user=True)
+        times["lightning"] += run_lightning_floor(args, data)
         times["plain loop"] += run_plain(args, data)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device={args.device} ({name}) threads={torch.get_num_threads()} batch={args.batch_size} "
@@ -181,10 +228,11 @@ def main() -> None:
         print(f"{key:11s}: {1 / statistics.median(t):8.2f} it/s median, {len(t) / sum(t):8.2f} it/s mean, "
               f"{args.batch_size / statistics.median(t):9.1f} img/s")
     plain = times["plain loop"]
-    for key in ("mmexp bare", "mmexp user"):
+    for key in ("mmexp bare", "mmexp user", "lightning"):
         t = times[key]
+        goal = "  (goal >= 0.95)" if key.startswith("mmexp") else "  (Lightning's own cost: the floor for mmexp)"
         print(f"ratio {key}/plain: medians {statistics.median(plain) / statistics.median(t):.3f}, "
-              f"means {sum(plain) / sum(t):.3f}  (goal >= 0.95)")
+              f"means {sum(plain) / sum(t):.3f}{goal}")
 
 
 if __name__ == "__main__":
