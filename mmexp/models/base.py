@@ -314,7 +314,11 @@ class GenerativeModule(L.LightningModule):
                 acc[0] += sums[i]
                 acc[1] += count
                 i += 1
-        self.log_dict({k: v / n for k, (v, n) in total.items()}, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        # CPU tensors, not floats: Lightning makes a float a tensor on the module's device, and after *every*
+        # batch it turns each progress-bar value into a number with .item(), which for a GPU tensor is a device
+        # sync per step (the host then waits for the GPU instead of queuing the next step's work)
+        means = torch.tensor([v / n for v, n in total.values()], dtype=torch.float32)
+        self.log_dict(dict(zip(total, means.unbind())), on_step=on_step, on_epoch=not on_step, prog_bar=True)
 
     def _should_log_now(self) -> bool:
         trainer = self.trainer
