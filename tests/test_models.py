@@ -478,9 +478,6 @@ def test_training_scalars_with_different_keys_per_batch_average_per_key():
     # CPU tensors: Lightning reads every progress-bar value with .item() after every batch, which for a value on the
     # GPU (where it would put a float) is a device sync per training step
     assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in logged.values()), logged
-    # CPU tensors: Lightning reads every progress-bar value with .item() after every batch, which for a value on the
-    # GPU (where it would put a float) is a device sync per training step
-    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in logged.values()), logged
 
 
 def test_guarding_the_same_losses_twice_a_batch_keeps_every_value():

@@ -4,6 +4,7 @@ optimizer construction from Hydra partials, deterministic validation noise (per 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -25,39 +26,111 @@ def skips_on_device(optimizer: Any) -> bool:
         all(group.get("fused") for group in getattr(opt, "param_groups", [{}]))
 
 
-class BufferSnapshot:
-    """Copies of some buffers (BatchNorm running statistics, spectral-norm vectors, an EMA codebook), kept as one
-    flat tensor per (device, dtype), so that taking the snapshot and putting it back cost a fixed handful of
-    kernel launches however many buffers there are. Copying buffer by buffer (a clone, then a ``where`` and a
-    ``copy_`` each) is ~3 launches per buffer: for a DCGAN's ~20 buffers about 60 launches a step, which on a GPU
-    cost more host time than a small model's step can spare.
+class FlatBuffers:
+    """Buffers (BatchNorm running statistics, spectral-norm vectors, an EMA codebook) re-pointed into one flat
+    tensor per (device, dtype) with ``Tensor.set_``: each buffer stays the same tensor object (its module's, DDP's,
+    an optimizer's or a hook's references keep working, in-place updates land in the flat tensor), only its storage
+    moves. A snapshot of them all is then one clone per group and a restore one ``where`` and one ``copy_``, however
+    many buffers there are, and no per-buffer Python on either side.
 
     Args:
-        buffers (Iterable[Tensor]): the buffers, in place (their storage is what :meth:`restore_unless` writes).
+        buffers (Iterable[Tensor]): the buffers, in place.
+
+    :meth:`intact` says whether every buffer still lives where it was put (a module that *replaced* a buffer's
+    storage, e.g. with ``.data =``, breaks the link; :meth:`GenerativeModule.snapshot_buffers` then flattens again).
     """
 
     def __init__(self, buffers: Iterable[torch.Tensor]) -> None:
+        buffers = list(buffers)
         groups: dict[tuple, list[torch.Tensor]] = {}
         for buf in buffers:
             groups.setdefault((buf.device, buf.dtype), []).append(buf)
+        self.flats: list[torch.Tensor] = []
         with torch.no_grad():
-            self.groups = [(bufs, torch.cat([b.detach().reshape(-1) for b in bufs])) for bufs in groups.values()]
+            for bufs in groups.values():
+                flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+                offset = 0
+                for b in bufs:
+                    b.set_(flat[offset:offset + b.numel()].view(b.shape))
+                    offset += b.numel()
+                self.flats.append(flat)
+        self.buffers = buffers
+        self._ptrs = [b.data_ptr() for b in buffers]
 
     def __len__(self) -> int:
-        return sum(len(bufs) for bufs, _ in self.groups)
+        return len(self.buffers)
+
+    def intact(self) -> bool:
+        return all(b.data_ptr() == p for b, p in zip(self.buffers, self._ptrs))
+
+
+class BufferSnapshot:
+    """A copy of some buffers' values (:class:`FlatBuffers`), taken and put back in a fixed handful of kernel
+    launches however many buffers there are. Copying buffer by buffer (a clone, then a ``where`` and a ``copy_``
+    each) is ~3 launches per buffer: for a DCGAN's ~20 buffers about 60 launches a step, which on a GPU cost more
+    host time than a small model's step can spare.
+
+    Args:
+        buffers (FlatBuffers | Iterable[Tensor]): the buffers (flattened first when not yet).
+    """
+
+    def __init__(self, buffers: FlatBuffers | Iterable[torch.Tensor]) -> None:
+        self.flat = buffers if isinstance(buffers, FlatBuffers) else FlatBuffers(buffers)
+        with torch.no_grad():
+            self.saved = [f.clone() for f in self.flat.flats]
+
+    def __len__(self) -> int:
+        return len(self.flat)
 
     def restore_unless(self, ok: torch.Tensor) -> None:
         """Put every buffer back to its snapshot value unless ``ok`` (a device boolean; no host sync)."""
         with torch.no_grad():
-            for bufs, saved in self.groups:
-                now = torch.cat([b.detach().reshape(-1) for b in bufs])
-                kept = torch.where(ok.to(saved.device), now, saved).split([b.numel() for b in bufs])
-                kept = [k.view(b.shape) for k, b in zip(kept, bufs)]
-                if hasattr(torch, "_foreach_copy_"):  # one multi-tensor launch (torch >= 2.2)
-                    torch._foreach_copy_(bufs, kept)
-                else:
-                    for b, k in zip(bufs, kept):
-                        b.copy_(k)
+            for now, saved in zip(self.flat.flats, self.saved):
+                now.copy_(torch.where(ok.to(now.device), now, saved))
+
+
+class LossRecord:
+    """The guarded losses of one :meth:`GenerativeModule.guard_finite` signature (its loss names) since the last
+    host check: a device ring of ``size`` rows, one per call, written with one copy (no host sync) and read back
+    at the check, which finds the first non-finite loss, its step and its value.
+
+    Args:
+        names (tuple[str, ...]): the losses' names, in the order of each row.
+        size (int): rows: calls between host checks (a full ring forces a check).
+        device (torch.device): where the losses are.
+    """
+
+    def __init__(self, names: tuple[str, ...], size: int, device: torch.device) -> None:
+        self.names = names
+        self.values = torch.zeros(size, len(names), device=device)
+        self.steps = [0] * size
+        self.count = 0    # rows written, ever
+        self.pending = 0  # rows written since the last check
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= len(self.steps)
+
+    def write(self, values: torch.Tensor, step: int) -> None:
+        row = self.count % len(self.steps)
+        self.values[row].copy_(values)
+        self.steps[row] = step
+        self.count += 1
+        self.pending += 1
+
+    def first_nonfinite(self) -> tuple[int, str, float] | None:
+        """``(step, name, value)`` of the first non-finite loss written since the last check (one host transfer),
+        or None; the rows count as checked afterwards."""
+        pending, self.pending = min(self.pending, len(self.steps)), 0
+        if not pending:
+            return None
+        rows = self.values.tolist()
+        for j in range(self.count - pending, self.count):
+            row = j % len(self.steps)
+            for name, value in zip(self.names, rows[row]):
+                if not math.isfinite(value):
+                    return self.steps[row], name, value
+        return None
 
 
 @contextlib.contextmanager
@@ -123,12 +196,13 @@ class GenerativeModule(L.LightningModule):
         # (buffer snapshot, device "all finite") of the current batch, applied in on_train_batch_end
         self._restore: tuple[list, torch.Tensor] | None = None
         self.sample_seed = int(sample_seed)
-        # the loss names of one guard_finite call -> (first bad step of each, or -1; its value at that step),
-        # device vectors, not saved
-        self._nonfinite: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        # the loss names of one guard_finite call -> its losses since the last host check (device rings, not saved)
+        self._loss_records: dict[tuple[str, ...], LossRecord] = {}
+        # (step, name, value) of the first non-finite loss a host check found
+        self._first_nonfinite: tuple[int, str, float] | None = None
         self._batches_seen = 0
-        # modules' ids -> their buffers (snapshot_buffers); cleared by _apply
-        self._buffer_lists: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        # modules' ids -> their buffers, flattened (snapshot_buffers); cleared by _apply
+        self._buffer_lists: dict[tuple[int, ...], FlatBuffers] = {}
         # (ids of the trainer's optimizers, the auto value of finite_check_every_n_steps)
         self._check_every_auto: tuple[tuple[int, ...], int] | None = None
         self._val_rng: torch.Generator | None = None
@@ -190,11 +264,11 @@ class GenerativeModule(L.LightningModule):
         """A :class:`BufferSnapshot` of every buffer of ``modules`` (BatchNorm running statistics, spectral-norm
         vectors, an EMA codebook), taken before a training forward pass changes them; give it to
         :meth:`guard_finite` so a forward pass that produced a non-finite loss leaves them as they were."""
-        # the buffer list is walked once per set of modules (a module tree walk every step costs more host
-        # time than the snapshot itself); _apply (.to(), .half(), ...) replaces buffers and clears the cache
+        # the buffers are walked and flattened once per set of modules (a module tree walk every step costs more
+        # host time than the snapshot itself); _apply (.to(), .half(), ...) replaces buffers and clears the cache
         key = tuple(id(m) for m in modules)
-        buffers = self._buffer_lists.get(key)
-        if buffers is None:
+        flat = self._buffer_lists.get(key)
+        if flat is None or not flat.intact():
             seen: set[int] = set()
             buffers = []
             for module in modules:
@@ -202,8 +276,8 @@ class GenerativeModule(L.LightningModule):
                     if id(buf) not in seen:
                         seen.add(id(buf))
                         buffers.append(buf)
-            self._buffer_lists[key] = buffers
-        return BufferSnapshot(buffers)
+            flat = self._buffer_lists[key] = FlatBuffers(buffers)
+        return BufferSnapshot(flat)
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> GenerativeModule:
         if getattr(self, "_buffer_lists", None):
@@ -239,30 +313,29 @@ class GenerativeModule(L.LightningModule):
         batch (after every backward pass of the step), so NaN running statistics from the bad forward pass
         never stay in the model, in memory or in a checkpoint.
         """
-        step = self.global_step
         names = tuple(losses)
-        # all the losses in one vector: a fixed handful of kernel launches per call, however many losses (each
-        # launch costs ~10 us of host time, which on a GPU is more than a small model's step can spare)
+        # all the losses in one vector and the record as one copy: a fixed handful of kernel launches per call,
+        # however many losses (each launch costs ~10 us of host time, which on a GPU is more than a small model's
+        # step can spare); x * 0 is 0 for a finite x and NaN for an infinite or NaN one: two kernels where
+        # torch.isfinite is four (abs, ne, eq, mul)
         with torch.no_grad():
             vals = torch.stack([(v.detach().reshape(()) if v.numel() == 1 else v.detach().sum()).float()
                                 for v in losses.values()])
-            finite = torch.isfinite(vals)
-            ok = finite.all()
+            ok = vals.mul(0).eq(0).all()
         if snapshot:
             # restored after the batch's backward passes (spectral-norm vectors are part of the graph)
             pending = self._restore
             self._restore = (snapshot, ok if pending is None else pending[1] & ok)
-        rec = self._nonfinite.get(names)
-        if rec is None or rec[0].device != vals.device:
-            rec = (torch.full((len(names),), -1, dtype=torch.long, device=vals.device),
-                   torch.zeros(len(names), device=vals.device))
-            self._nonfinite[names] = rec
-        first, value = rec
+        every = self.finite_check_every_n_steps
+        rec = self._loss_records.get(names)
+        if rec is None or len(rec.steps) != every or rec.values.device != vals.device:
+            if rec is not None and rec.pending:
+                self.assert_finite()  # what the old record holds is checked before it is replaced
+            rec = self._loss_records[names] = LossRecord(names, every, vals.device)
         with torch.no_grad():
-            new = torch.logical_and(first < 0, finite.logical_not())
-            first.masked_fill_(new, step)
-            value.copy_(torch.where(new, vals, value))
-        if self._batches_seen % self.finite_check_every_n_steps == 0:
+            rec.write(vals, self.global_step)
+        # every `every` batches; sooner when a model guards the same losses more than once a batch
+        if self._batches_seen % every == 0 or rec.full:
             self.assert_finite()
         return ok
 
@@ -332,11 +405,12 @@ class GenerativeModule(L.LightningModule):
 
     def assert_finite(self) -> None:
         """Raise NonFiniteLossError if any guarded loss has been non-finite (host sync)."""
-        bad = []
-        for names, (first, value) in self._nonfinite.items():
-            for name, step, val in zip(names, first.tolist(), value.tolist()):
-                if step >= 0:
-                    bad.append((step, name, val))
+        bad = [found for rec in self._loss_records.values() if (found := rec.first_nonfinite()) is not None]
+        # sticky: once found, every later check raises too (a checkpoint write after the error must still refuse)
+        if self._first_nonfinite is not None:
+            bad.append(self._first_nonfinite)
+        if bad:
+            self._first_nonfinite = min(bad)
         for step, name, value in sorted(bad)[:1]:  # the first loss that went bad
             self.restore_buffers_unless_finite()  # the step stops here: no backward will need them
             n = self.finite_check_every_n_steps
