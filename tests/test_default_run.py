@@ -16,7 +16,7 @@ def test_the_default_is_the_sn_dcgan_on_shapes(tmp_path):
     assert cfg.model.discriminator.spectral_norm and cfg.model.generator.upsample == "nearest"
     assert cfg.model.ema_decay == 0.995 and list(cfg.model.optimizer_g.betas) == [0.0, 0.999]
     # a bar redrawn every 10 batches, not Lightning's threaded Rich bar (benchmarks/README.md: 0.90x -> 0.98x)
-    assert cfg.callbacks.progress_bar._target_.endswith("TQDMProgressBar") and cfg.callbacks.progress_bar.refresh_rate == 10
+    assert cfg.callbacks.progress_bar._target_ == "mmexp.callbacks.ProgressBar" and cfg.callbacks.progress_bar.refresh_rate == 10
 
 
 def test_a_tiny_default_run_does_not_collapse(tmp_path):

@@ -1,9 +1,10 @@
-"""Lightning callbacks: checkpoints, resume state, sample grids and validation metrics."""
+"""Lightning callbacks: checkpoints, resume state, sample grids, validation metrics and the progress bar."""
 
 from mmexp.callbacks.best_checkpoint import BestCheckpoint
 from mmexp.callbacks.checkpoint_io import AtomicCheckpointIO
 from mmexp.callbacks.last_checkpoint import LastCheckpoint
 from mmexp.callbacks.metrics import ValidationMetrics
+from mmexp.callbacks.progress import ProgressBar
 from mmexp.callbacks.run_state import RunState, read_run_state
 from mmexp.callbacks.samples import SampleGrid
 
@@ -11,6 +12,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "BestCheckpoint",
     "LastCheckpoint",
+    "ProgressBar",
     "RunState",
     "SampleGrid",
     "ValidationMetrics",

@@ -30,7 +30,7 @@ class FlatBuffers:
     """Buffers (BatchNorm running statistics, spectral-norm vectors, an EMA codebook) re-pointed into one flat
     tensor per (device, dtype) with ``Tensor.set_``: each buffer stays the same tensor object (its module's, DDP's,
     an optimizer's or a hook's references keep working, in-place updates land in the flat tensor), only its storage
-    moves. A snapshot of them all is then one clone per group and a restore one ``where`` and one ``copy_``, however
+    moves. A snapshot of them all is then one clone per group and a restore one ``where`` (written in place), however
     many buffers there are, and no per-buffer Python on either side.
 
     Args:
@@ -86,7 +86,7 @@ class BufferSnapshot:
         """Put every buffer back to its snapshot value unless ``ok`` (a device boolean; no host sync)."""
         with torch.no_grad():
             for now, saved in zip(self.flat.flats, self.saved):
-                now.copy_(torch.where(ok.to(now.device), now, saved))
+                torch.where(ok.to(now.device), now, saved, out=now)
 
 
 class LossRecord:
@@ -111,12 +111,13 @@ class LossRecord:
     def full(self) -> bool:
         return self.pending >= len(self.steps)
 
-    def write(self, values: torch.Tensor, step: int) -> None:
+    def next_row(self, step: int) -> torch.Tensor:
+        """The row for the losses of ``step`` (a view to write them into), counted as written."""
         row = self.count % len(self.steps)
-        self.values[row].copy_(values)
         self.steps[row] = step
         self.count += 1
         self.pending += 1
+        return self.values[row]
 
     def first_nonfinite(self) -> tuple[int, str, float] | None:
         """``(step, name, value)`` of the first non-finite loss written since the last check (one host transfer),
@@ -193,6 +194,8 @@ class GenerativeModule(L.LightningModule):
         self._log_every = None if log_every_n_steps is None else int(log_every_n_steps)
         # key -> [device sum, count] of training scalars since the last log
         self._running: dict[str, list] = {}
+        #: the training scalars last logged (means since the previous log), as numbers: what the progress bar shows
+        self.progress_values: dict[str, float] = {}
         # (buffer snapshot, device "all finite") of the current batch, applied in on_train_batch_end
         self._restore: tuple[list, torch.Tensor] | None = None
         self.sample_seed = int(sample_seed)
@@ -314,26 +317,25 @@ class GenerativeModule(L.LightningModule):
         never stay in the model, in memory or in a checkpoint.
         """
         names = tuple(losses)
-        # all the losses in one vector and the record as one copy: a fixed handful of kernel launches per call,
+        every = self.finite_check_every_n_steps
+        device = next(iter(losses.values())).device
+        rec = self._loss_records.get(names)
+        if rec is None or len(rec.steps) != every or rec.values.device != device:
+            if rec is not None and rec.pending:
+                self.assert_finite()  # what the old record holds is checked before it is replaced
+            rec = self._loss_records[names] = LossRecord(names, every, device)
+        # all the losses stacked straight into the record's next row: a fixed handful of kernel launches per call,
         # however many losses (each launch costs ~10 us of host time, which on a GPU is more than a small model's
         # step can spare); x * 0 is 0 for a finite x and NaN for an infinite or NaN one: two kernels where
         # torch.isfinite is four (abs, ne, eq, mul)
         with torch.no_grad():
             vals = torch.stack([(v.detach().reshape(()) if v.numel() == 1 else v.detach().sum()).float()
-                                for v in losses.values()])
+                                for v in losses.values()], out=rec.next_row(self.global_step))
             ok = vals.mul(0).eq(0).all()
         if snapshot:
             # restored after the batch's backward passes (spectral-norm vectors are part of the graph)
             pending = self._restore
             self._restore = (snapshot, ok if pending is None else pending[1] & ok)
-        every = self.finite_check_every_n_steps
-        rec = self._loss_records.get(names)
-        if rec is None or len(rec.steps) != every or rec.values.device != vals.device:
-            if rec is not None and rec.pending:
-                self.assert_finite()  # what the old record holds is checked before it is replaced
-            rec = self._loss_records[names] = LossRecord(names, every, vals.device)
-        with torch.no_grad():
-            rec.write(vals, self.global_step)
         # every `every` batches; sooner when a model guards the same losses more than once a batch
         if self._batches_seen % every == 0 or rec.full:
             self.assert_finite()
@@ -387,11 +389,13 @@ class GenerativeModule(L.LightningModule):
                 acc[0] += sums[i]
                 acc[1] += count
                 i += 1
-        # CPU tensors, not floats: Lightning makes a float a tensor on the module's device, and after *every*
-        # batch it turns each progress-bar value into a number with .item(), which for a GPU tensor is a device
-        # sync per step (the host then waits for the GPU instead of queuing the next step's work)
-        means = torch.tensor([v / n for v, n in total.values()], dtype=torch.float32)
-        self.log_dict(dict(zip(total, means.unbind())), on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        # CPU tensors, not floats (Lightning would make a float a tensor on the module's device), and not on the
+        # progress bar: after *every* batch Lightning turns each progress-bar value into a number with .item(),
+        # which for a GPU tensor is a device sync per step (the host then waits for the GPU instead of queuing the
+        # next step's work). mmexp.callbacks.ProgressBar shows these numbers instead.
+        self.progress_values = {k: v / n for k, (v, n) in total.items()}
+        means = torch.tensor(list(self.progress_values.values()), dtype=torch.float32)
+        self.log_dict(dict(zip(total, means.unbind())), on_step=on_step, on_epoch=not on_step, prog_bar=False)
 
     def _should_log_now(self) -> bool:
         trainer = self.trainer
