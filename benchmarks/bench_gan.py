@@ -21,12 +21,14 @@ one D step + one G step (two Lightning ``global_step``s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
 
 import lightning as L
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from mmexp.losses import LossSet
@@ -60,14 +62,41 @@ def adam():
     return functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999), fused=True)
 
 
+#: ATen ops that launch no kernel (views, detach, metadata): left out of the counts
+VIEW_OPS = ("aten.detach", "aten.view", "aten._unsafe_view", "aten.t.", "aten.alias", "aten.split", "aten.unbind",
+            "aten.select", "aten.expand", "aten.as_strided", "aten.slice", "aten.squeeze", "aten.unsqueeze",
+            "aten.reshape", "aten.permute", "aten.lift_fresh")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that do work (on a GPU each is a kernel launch, host time a small step cannot spare)
+    and the reads of a tensor's value into Python (``aten._local_scalar_dense``: ``.item()``, ``.tolist()``,
+    ``bool(t)``; on a GPU each one waits for the device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = self.reads = 0
+        self.active = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.active:
+            name = str(func)
+            if name.startswith("aten._local_scalar_dense"):
+                self.reads += 1
+            elif not name.startswith(VIEW_OPS):
+                self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
 class Timer(L.Callback):
     """Timestamps at the start of every ``window``-th batch and at the end of the last one (a CUDA device is
     synchronised at each stamp only, so with ``window`` > 1 the host may run ahead of the GPU in between, as in a
     real run)."""
 
-    def __init__(self, window: int = 1) -> None:
+    def __init__(self, window: int = 1, counter: OpCounter | None = None, warmup: int = 0) -> None:
         self.stamps: list[float] = []
         self.window = window
+        self.counter, self.warmup = counter, warmup
 
     def _now(self, module) -> float:
         if module.device.type == "cuda":
@@ -77,6 +106,8 @@ class Timer(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx % self.window == 0:
             self.stamps.append(self._now(module))
+        if self.counter is not None:
+            self.counter.active = batch_idx >= self.warmup  # whole iterations: batch start to batch start
 
     def on_train_end(self, trainer, module):
         self.stamps.append(self._now(module))
@@ -97,7 +128,7 @@ def user_progress_bar():
     return cfg.callbacks.get("progress_bar")
 
 
-def run_lightning(args, data, user: bool = False) -> list[float]:
+def run_lightning(args, data, user: bool = False, counter: OpCounter | None = None) -> list[float]:
     """``user``: with the progress bar and a CSV logger, as ``python -m mmexp`` runs."""
     import tempfile
 
@@ -109,8 +140,8 @@ def run_lightning(args, data, user: bool = False) -> list[float]:
     # the progress bar python -m mmexp uses (conf/callbacks/default.yaml), else Lightning's default
     bar = user_progress_bar() if user else None
     model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1)
-    timer = Timer(args.window)
-    with tempfile.TemporaryDirectory() as tmp:
+    timer = Timer(args.window, counter, args.warmup)
+    with tempfile.TemporaryDirectory() as tmp, counter or contextlib.nullcontext():
         trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
                             devices=1, logger=CSVLogger(tmp) if user else False, enable_checkpointing=False,
                             enable_progress_bar=user, enable_model_summary=False, log_every_n_steps=25,
@@ -151,18 +182,19 @@ class PlainStep(L.LightningModule):
         self.d.requires_grad_(True)
 
 
-def run_lightning_floor(args, data) -> list[float]:
+def run_lightning_floor(args, data, counter: OpCounter | None = None) -> list[float]:
     """:class:`PlainStep` under a bare Trainer (as "mmexp bare")."""
     g, d = networks(args)
-    timer = Timer(args.window)
+    timer = Timer(args.window, counter, args.warmup)
     trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device, devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
-    trainer.fit(PlainStep(g, d, args.latent_dim), DataLoader(data, batch_size=None, shuffle=False))
+    with counter or contextlib.nullcontext():
+        trainer.fit(PlainStep(g, d, args.latent_dim), DataLoader(data, batch_size=None, shuffle=False))
     return timed(timer.stamps, args.warmup, args.window)
 
 
-def run_plain(args, data) -> float:
+def run_plain(args, data, counter: OpCounter | None = None) -> float:
     dev = torch.device(args.device)
     g, d = networks(args)
     g, d = g.to(dev).train(), d.to(dev).train()
@@ -170,7 +202,18 @@ def run_plain(args, data) -> float:
     loss = NonSaturatingLoss()
     stamps = []
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    for i, batch in enumerate(DataLoader(data, batch_size=None, shuffle=False)):
+    loop = enumerate(DataLoader(data, batch_size=None, shuffle=False))
+    with counter or contextlib.nullcontext():
+        plain_loop(args, dev, loop, g, d, opt_g, opt_d, loss, stamps, sync, counter)
+    sync()
+    stamps.append(time.perf_counter())
+    return timed(stamps, args.warmup, args.window)
+
+
+def plain_loop(args, dev, loop, g, d, opt_g, opt_d, loss, stamps, sync, counter) -> None:
+    for i, batch in loop:
+        if counter is not None:
+            counter.active = i >= args.warmup
         if i % args.window == 0:
             sync()
             stamps.append(time.perf_counter())
@@ -188,9 +231,6 @@ def run_plain(args, data) -> float:
         g_loss.backward()
         opt_g.step()
         d.requires_grad_(True)
-    sync()
-    stamps.append(time.perf_counter())
-    return timed(stamps, args.warmup, args.window)
 
 
 def main() -> None:
@@ -208,12 +248,28 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1,
                    help="iterations per timing window: 1 synchronises a GPU every iteration (host overhead fully "
                         "exposed); more lets the host queue work ahead between stamps, as training does")
+    p.add_argument("--count", action="store_true",
+                   help="instead of timing: count per iteration the ATen ops that do work (kernel launches on a GPU) "
+                        "and the reads of tensor values into Python (device syncs on a GPU), in one run of each")
     args = p.parse_args()
     if args.warmup % args.window or args.steps % args.window:
         p.error(f"--warmup ({args.warmup}) and --steps ({args.steps}) must be multiples of --window ({args.window})")
     data = Batches(args.warmup + args.steps, args.batch_size, args.channels, args.image_size)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.count:
+        counts = {"mmexp bare": OpCounter(), "mmexp user": OpCounter(), "lightning": OpCounter(),
+                  "plain loop": OpCounter()}
+        run_lightning(args, data, counter=counts["mmexp bare"])
+        run_lightning(args, data, user=True, counter=counts["mmexp user"])
+        run_lightning_floor(args, data, counter=counts["lightning"])
+        run_plain(args, data, counter=counts["plain loop"])
+        print(f"device={args.device} batch={args.batch_size} size={args.image_size} base_channels="
+              f"{args.base_channels}: per iteration over {args.steps} iterations (after {args.warmup} warm-up)")
+        for key, c in counts.items():
+            print(f"{key:11s}: {c.ops / args.steps:7.2f} ATen ops that do work, {c.reads / args.steps:5.2f} "
+                  f"reads into Python")
+        return
     times: dict[str, list[float]] = {"mmexp bare": [], "mmexp user": [], "lightning": [], "plain loop": []}
     for _ in range(args.repeats):  # alternate, so slow phases of a shared machine hit all of them
         times["mmexp bare"] += run_lightning(args, data)
