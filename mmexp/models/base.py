@@ -91,8 +91,8 @@ class BufferSnapshot:
 
 class LossRecord:
     """The guarded losses of one :meth:`GenerativeModule.guard_finite` signature (its loss names) since the last
-    host check: a device ring of ``size`` rows, one per call, written with one copy (no host sync) and read back
-    at the check, which finds the first non-finite loss, its step and its value.
+    host check: a device ring of ``size`` rows, one per call, that the call stacks its losses into (no host sync)
+    and the check reads back (one transfer) to find the first non-finite loss, its step and its value.
 
     Args:
         names (tuple[str, ...]): the losses' names, in the order of each row.
