@@ -3,8 +3,8 @@
 Four contestants in one process: the module under a bare Trainer (no logger, no progress bar), the module
 as ``python -m mmexp`` runs it ("user": progress bar + CSV logger, logging every ``log_every_n_steps``), the
 plain loop's step as a bare LightningModule under the same bare Trainer ("lightning": what Lightning itself
-costs, the floor for mmexp's module), and a plain loop. All run the same DCGAN networks (same init), batch, optimizers (fused Adam 2e-4, betas
-0.5/0.999, the framework's default) and loss (non-saturating BCE), one D and one G update per batch (n_disc=1),
+costs, the floor for mmexp's module), and a plain loop. All run the same DCGAN networks (same init), batch,
+optimizers (fused Adam 2e-4, betas 0.5/0.999, the framework's default) and loss (non-saturating BCE), one D and one G update per batch (n_disc=1),
 on the same in-memory pre-batched data. Warm-up iterations are excluded; each side runs
 ``--repeats`` times alternately and every iteration is timed (from one batch start to the
 next, so loop overhead counts; with ``--window K``, every K iterations, synchronising a GPU only
@@ -70,8 +70,9 @@ VIEW_OPS = ("aten.detach", "aten.view", "aten._unsafe_view", "aten.t.", "aten.al
 
 class OpCounter(TorchDispatchMode):
     """Counts the ATen ops that do work (on a GPU each is a kernel launch, host time a small step cannot spare)
-    and the reads of a tensor's value into Python (``aten._local_scalar_dense``: ``.item()``, ``.tolist()``,
-    ``bool(t)``; on a GPU each one waits for the device)."""
+    and the reads of a tensor's value into Python (``aten._local_scalar_dense``: ``.item()``, ``float(t)``,
+    ``bool(t)``; on a GPU each one waits for the device). A ``.cpu()`` of a GPU tensor (a sync too) counts as an op
+    there (``aten._to_copy``); on a CPU run it is nothing, and ``.tolist()`` of a CPU tensor is not seen at all."""
 
     def __init__(self) -> None:
         super().__init__()
