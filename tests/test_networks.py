@@ -237,3 +237,41 @@ def test_parameter_ema():
     ema.update(2)
     torch.testing.assert_close(ema.module[0].weight, torch.full((2, 2), 2.0))
     torch.testing.assert_close(ema.module[1].running_mean, src[1].running_mean)
+
+
+def test_ema_update_costs_a_fixed_number_of_kernels_and_follows_a_dtype_change():
+    """The EMA update of a DCGAN generator (9 buffers in two dtypes) launches a handful of kernels, not two per
+    buffer; with ok false it leaves parameters and buffers as they were; after ``.double()`` (new buffers) it
+    copies into the new ones."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not str(func).startswith(("aten.view", "aten.detach", "aten.reshape", "aten._unsafe_view",
+                                         "aten.alias", "aten.lift_fresh", "aten.slice")):
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    src = DCGANGenerator(8, 3, 32, 8)
+    ema = EMA(src, decay=0.9)
+    ok = torch.tensor(True)
+    ema.update(1, ok=ok)  # the first update walks and flattens once
+    src(torch.randn(4, 8))  # moves every BatchNorm statistic and counter
+    with Count():
+        ema.update(1, ok=ok)
+    assert Count.n <= 8, Count.n  # ok.to, a multiply, one lerp; a cat and a where per dtype
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.buffers(), src.buffers()))
+    before = [t.clone() for t in (*ema.module.parameters(), *ema.module.buffers())]
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(1.0)
+    src(torch.randn(4, 8))
+    ema.update(1, ok=torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, (*ema.module.parameters(), *ema.module.buffers())))
+    src.double(), ema.double()
+    src(torch.randn(4, 8, dtype=torch.float64))
+    ema.update(1)
+    assert all(b.dtype != torch.float32 for b in ema.module.buffers())
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.buffers(), src.buffers()))
