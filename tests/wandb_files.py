@@ -8,6 +8,7 @@ import struct
 import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 _BLOCK = 32768
@@ -25,6 +26,8 @@ def records(path: Path) -> list[pb.Record]:
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # a record W&B's writer has not finished (the file is read while written)
+            break
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:
@@ -55,9 +58,17 @@ def run_file(run_dir: Path, timeout: float = 60.0) -> Path:
     if len(files) != 1:
         raise AssertionError(f"expected one W&B run under {run_dir}, found {[str(f) for f in files]}")
     deadline = time.monotonic() + timeout
-    while exit_code(files[0]) is None and time.monotonic() < deadline:
+    while _exit_code_so_far(files[0]) is None and time.monotonic() < deadline:
         time.sleep(0.5)
     return files[0]
+
+
+def _exit_code_so_far(path: Path) -> int | None:
+    """:func:`exit_code` of a file that may still be being written: a half-written record reads as "not yet"."""
+    try:
+        return exit_code(path)
+    except DecodeError:
+        return None
 
 
 def run_id(path: Path) -> str:
