@@ -198,3 +198,27 @@ def data_roots(tmp_path_factory) -> dict[str, list[str]]:
     if Path(FASHION_ROOT, "train-images-idx3-ubyte.gz").exists() or Path(FASHION_ROOT, "train-images-idx3-ubyte").exists():
         roots["fashion_mnist"] = [f"data.root={FASHION_ROOT}"]
     return roots
+
+
+class CountKernels:
+    """ATen ops that do work (views, detaches and aliases excluded) dispatched inside the ``with`` block."""
+
+    FREE = ("view", "detach", "alias", "reshape", "_unsafe_view", "split", "lift_fresh")
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not any(str(func).startswith(f"aten.{f}") for f in outer.FREE):
+                    outer.count += 1
+                return func(*args, **(kwargs or {}))
+
+        self.count, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)

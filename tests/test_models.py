@@ -20,7 +20,7 @@ from mmexp.networks import (
     DCGANDiscriminator, DCGANGenerator, Decoder, Encoder, GaussianDecoder, GaussianEncoder,
     VectorQuantizer,
 )
-from tests.conftest import compose_cfg
+from tests.conftest import CountKernels, compose_cfg
 
 C, S, B = 3, 32, 4
 adam = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -398,30 +398,6 @@ def test_nan_forward_restores_discriminator_batchnorm_with_a_check_every_step():
         assert torch.equal(value, rec.state[f"discriminator.{key}"]), key
 
 
-class _CountKernels:
-    """ATen ops that do work (views, detaches and aliases excluded) dispatched inside the ``with`` block."""
-
-    FREE = ("view", "detach", "alias", "reshape", "_unsafe_view", "split", "lift_fresh")
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        outer = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                if not any(str(func).startswith(f"aten.{f}") for f in outer.FREE):
-                    outer.count += 1
-                return func(*args, **(kwargs or {}))
-
-        self.count, self.mode = 0, Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-
-
 def test_buffer_snapshot_restores_in_a_fixed_number_of_kernels():
     """Snapshot and conditional restore of 36 buffers (12 BatchNorms: float statistics and an int64 counter each)
     take a handful of kernel launches, not ~3 per buffer (each launch is host time a small GPU step cannot spare),
@@ -433,16 +409,16 @@ def test_buffer_snapshot_restores_in_a_fixed_number_of_kernels():
     objects = [id(b) for b in net.buffers()]
     model.snapshot_buffers(net)  # the first one moves the buffers into one flat tensor per dtype (once)
     assert [id(b) for b in net.buffers()] == objects  # the same tensor objects: modules and DDP keep theirs
-    with _CountKernels() as taking:
+    with CountKernels() as taking:
         snap = model.snapshot_buffers(net)
     assert len(snap) == 36
     net.train()(torch.randn(8, 5))  # changes every running stat and counter
     changed = {k: v.clone() for k, v in net.state_dict().items()}
     assert not all(torch.equal(before[k], changed[k]) for k in before)
-    with _CountKernels() as keeping:
+    with CountKernels() as keeping:
         snap.restore_unless(torch.tensor(True))
     assert all(torch.equal(v, changed[k]) for k, v in net.state_dict().items())
-    with _CountKernels() as restoring:
+    with CountKernels() as restoring:
         snap.restore_unless(torch.tensor(False))
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     # two dtype groups: a clone each to take, a where (in place) each to restore

@@ -243,25 +243,16 @@ def test_ema_update_costs_a_fixed_number_of_kernels_and_follows_a_dtype_change()
     """The EMA update of a DCGAN generator (9 buffers in two dtypes) launches a handful of kernels, not two per
     buffer; with ok false it leaves parameters and buffers as they were; after ``.double()`` (new buffers) it
     copies into the new ones."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not str(func).startswith(("aten.view", "aten.detach", "aten.reshape", "aten._unsafe_view",
-                                         "aten.alias", "aten.lift_fresh", "aten.slice")):
-                Count.n += 1
-            return func(*args, **(kwargs or {}))
+    from tests.conftest import CountKernels
 
     src = DCGANGenerator(8, 3, 32, 8)
     ema = EMA(src, decay=0.9)
     ok = torch.tensor(True)
     ema.update(1, ok=ok)  # the first update walks and flattens once
     src(torch.randn(4, 8))  # moves every BatchNorm statistic and counter
-    with Count():
+    with CountKernels() as update:
         ema.update(1, ok=ok)
-    assert Count.n <= 8, Count.n  # ok.to, a multiply, one lerp; a cat and a where per dtype
+    assert update.count <= 8, update.count  # ok.to, a multiply, one lerp; a cat and a where per dtype
     assert all(torch.equal(a, b) for a, b in zip(ema.module.buffers(), src.buffers()))
     before = [t.clone() for t in (*ema.module.parameters(), *ema.module.buffers())]
     with torch.no_grad():
