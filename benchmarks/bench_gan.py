@@ -55,6 +55,8 @@ def networks(args):
     torch.manual_seed(0)
     g = DCGANGenerator(args.latent_dim, args.channels, args.image_size, args.base_channels)
     d = DCGANDiscriminator(args.channels, args.image_size, args.base_channels)
+    if args.channels_last:  # every contestant: mmexp's module would convert its own in setup()
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
     return g, d
 
 
@@ -140,7 +142,8 @@ def run_lightning(args, data, user: bool = False, counter: OpCounter | None = No
     g, d = networks(args)
     # the progress bar python -m mmexp uses (conf/callbacks/default.yaml), else Lightning's default
     bar = user_progress_bar() if user else None
-    model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1)
+    model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1,
+                channels_last=args.channels_last)
     timer = Timer(args.window, counter, args.warmup)
     with tempfile.TemporaryDirectory() as tmp, counter or contextlib.nullcontext():
         trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
@@ -249,6 +252,9 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1,
                    help="iterations per timing window: 1 synchronises a GPU every iteration (host overhead fully "
                         "exposed); more lets the host queue work ahead between stamps, as training does")
+    p.add_argument("--channels-last", action="store_true",
+                   help="convolution weights in channels-last layout, in every contestant (model.channels_last, on "
+                        "in model=dcgan/sngan)")
     p.add_argument("--count", action="store_true",
                    help="instead of timing: count per iteration the ATen ops that do work (kernel launches on a GPU) "
                         "and the reads of tensor values into Python (device syncs on a GPU), in one run of each")
@@ -279,7 +285,7 @@ def main() -> None:
         times["plain loop"] += run_plain(args, data)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device={args.device} ({name}) threads={torch.get_num_threads()} batch={args.batch_size} "
-          f"size={args.image_size} base_channels={args.base_channels} "
+          f"size={args.image_size} base_channels={args.base_channels} channels_last={args.channels_last} "
           f"{args.repeats} x {args.steps} timed iterations (+{args.warmup} warm-up each), window {args.window}")
     for key, t in times.items():
         print(f"{key:11s}: {1 / statistics.median(t):8.2f} it/s median, {len(t) / sum(t):8.2f} it/s mean, "

@@ -26,6 +26,21 @@ def skips_on_device(optimizer: Any) -> bool:
         all(group.get("fused") for group in getattr(opt, "param_groups", [{}]))
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every state tensor of ``optimizer`` that is shaped like its parameter (Adam's moments) the parameter's
+    memory layout. A loaded state keeps the strides it was saved with, and the fused optimizers walk a parameter,
+    its gradient and its state as flat memory: a channels-last parameter with a contiguous ``exp_avg`` (a
+    checkpoint written before ``channels_last`` was switched on, or the reverse) would be updated with another
+    element's moments, silently. Registered on every optimizer :meth:`GenerativeModule.build_optimizer` makes, as a
+    ``load_state_dict`` post-hook."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            for key, value in (state or {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.dim() > 1 and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 class FlatBuffers:
     """Buffers (BatchNorm running statistics, spectral-norm vectors, an EMA codebook) re-pointed into one flat
     tensor per (device, dtype) with ``Tensor.set_``: each buffer stays the same tensor object (its module's, DDP's,
@@ -174,6 +189,11 @@ class GenerativeModule(L.LightningModule):
         sample_seed (int): seed of validation and preview noise, so samples are comparable
             across validations: validation samples draw theirs per sample index (:meth:`noise`),
             previews from a ``torch.Generator`` seeded with it. Default: 0.
+        channels_last (bool): keep the 4-D weights (convolutions) in channels-last memory layout
+            (``torch.channels_last``), set in :meth:`setup`: convolutions then run without layout conversions
+            (oneDNN on CPUs, cuDNN's NHWC kernels on GPUs; 1.6-2x for the default GAN's step on 2 CPU cores). The
+            numbers are the same up to float rounding; checkpoints load either way (optimizer states are re-laid
+            to their parameters': :func:`match_param_layout`). Default: False.
 
     Subclasses define ``image_shape``, call :meth:`check_batch`, :meth:`guard_finite`,
     :meth:`skip_unless` and :meth:`log_train` in their steps, and build optimizers with
@@ -184,8 +204,9 @@ class GenerativeModule(L.LightningModule):
     required_keys: tuple[str, ...] = ("image",)
 
     def __init__(self, finite_check_every_n_steps: int | None = None, sample_seed: int = 0,
-                 log_every_n_steps: int | None = None) -> None:
+                 log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = bool(channels_last)
         for name, value in (("finite_check_every_n_steps", finite_check_every_n_steps),
                             ("log_every_n_steps", log_every_n_steps)):
             if value is not None and int(value) < 1:
@@ -231,7 +252,10 @@ class GenerativeModule(L.LightningModule):
         check_keys(batch.keys(), self.required_keys, type(self).__name__)
 
     def setup(self, stage: str) -> None:
-        """Fail early if the trainer's datamodule disagrees with the model (shape, keys)."""
+        """Fail early if the trainer's datamodule disagrees with the model (shape, keys); put the weights in
+        channels-last layout when asked (before the optimizers are made, so their states follow)."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
@@ -444,6 +468,7 @@ class GenerativeModule(L.LightningModule):
         """``optimizer(params=...)`` from a Hydra partial; ``scheduler(optimizer=...)`` if given.
         Parameters with ``requires_grad=False`` (e.g. an EMA codebook) are left out."""
         opt = optimizer(params=[p for p in params if p.requires_grad])
+        opt.register_load_state_dict_post_hook(match_param_layout)
         return opt, (scheduler(optimizer=opt) if scheduler is not None else None)
 
     def on_validation_epoch_start(self) -> None:

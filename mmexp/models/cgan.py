@@ -54,7 +54,7 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
         discriminator (nn.Module): ``(images, c) -> logits [B]`` (:class:`~mmexp.networks.cgan.ProjectionDiscriminator`,
             :class:`~mmexp.networks.cgan.MatchingAwareDiscriminator`).
         loss (LossSet): see above (``conf/loss/``).
-        optimizer_g, optimizer_d, scheduler_g, scheduler_d, n_disc, ema_decay, ema_start, augment: as
+        optimizer_g, optimizer_d, scheduler_g, scheduler_d, n_disc, ema_decay, ema_start, augment, channels_last: as
             :class:`mmexp.models.gan.GAN` (TTUR, D steps per G step, the EMA generator that samples, DiffAugment
             of D's inputs).
         guidance (float): ignored: a GAN has no classifier-free guidance (a value other than 1 warns once).
@@ -75,11 +75,11 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
                  preview_prompts: Sequence[str] | None = None, preview_labels: Sequence[int] | None = None,
                  num_per_prompt: int = 8, num_preview_rows: int = 8, sample_seed: int = 0,
                  finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None,
-                 augment: nn.Module | None = None) -> None:
+                 augment: nn.Module | None = None, channels_last: bool = False) -> None:
         super().__init__(conditioner, guidance=guidance, preview_prompts=preview_prompts,
                          preview_labels=preview_labels, num_per_prompt=num_per_prompt,
                          num_preview_rows=num_preview_rows, finite_check_every_n_steps=finite_check_every_n_steps,
-                         sample_seed=sample_seed, log_every_n_steps=log_every_n_steps)
+                         sample_seed=sample_seed, log_every_n_steps=log_every_n_steps, channels_last=channels_last)
         self.save_hyperparameters(ignore=["conditioner", "generator", "discriminator", "loss", "optimizer_g",
                                           "optimizer_d", "scheduler_g", "scheduler_d", "augment"])
         self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g, scheduler_d,

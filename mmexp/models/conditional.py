@@ -42,7 +42,7 @@ class ConditionalModule(GenerativeModule):
         preview_labels (Sequence[int] | None): fixed labels of the grids (label-only models). Default: None.
         num_per_prompt (int): images per row of a grid. Default: 8.
         num_preview_rows (int): rows when the prompts come from the validation batch. Default: 8.
-        finite_check_every_n_steps, log_every_n_steps, sample_seed: see :class:`GenerativeModule`.
+        finite_check_every_n_steps, log_every_n_steps, sample_seed, channels_last: see :class:`GenerativeModule`.
 
     Randomness: generated image ``i`` of a call draws all its noise from its own ``torch.Generator``, seeded from
     ``(seed, index)`` when indices are given (validation: ``batch["index"]``; ``task=generate``: ``seed + i``),
@@ -52,8 +52,8 @@ class ConditionalModule(GenerativeModule):
     def __init__(self, conditioner: Conditioner, guidance: float = 1.0, sampler: Mapping[str, Any] | None = None,
                  preview_prompts: Sequence[str] | None = None, preview_labels: Sequence[int] | None = None,
                  num_per_prompt: int = 8, num_preview_rows: int = 8, finite_check_every_n_steps: int | None = None,
-                 sample_seed: int = 0, log_every_n_steps: int | None = None) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                 sample_seed: int = 0, log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         if not isinstance(conditioner, Conditioner):
             raise ConfigError(f"{type(self).__name__}: conditioner must be a mmexp.conditioning.Conditioner, got "
                               f"{type(conditioner).__name__}")

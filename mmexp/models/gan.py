@@ -196,6 +196,8 @@ class GAN(AdversarialTraining, GenerativeModule):
         augment (nn.Module | None): applied to every image D sees in training, real and generated, in
             D's and G's steps, e.g. :class:`mmexp.networks.diffaugment.DiffAugment`
             (``model/augment=diffaugment``). Validation and samples never pass through it. Default: None.
+        channels_last (bool): weights in channels-last layout (see :class:`GenerativeModule`). Default: False
+            (``model=dcgan``/``sngan`` switch it on).
 
     ``n_disc`` follows StudioGAN (``d_updates_per_step``): every D update uses a fresh real
     batch, so the discriminator takes one step on **every** training batch and the generator
@@ -220,8 +222,9 @@ class GAN(AdversarialTraining, GenerativeModule):
                  scheduler_d: Callable[..., Any] | None = None, n_disc: int = 1,
                  ema_decay: float | None = None, ema_start: int = 0, num_preview: int = 64,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
-                 log_every_n_steps: int | None = None, augment: nn.Module | None = None) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                 log_every_n_steps: int | None = None, augment: nn.Module | None = None,
+                 channels_last: bool = False) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
                                           "optimizer_d", "scheduler_g", "scheduler_d", "augment"])
         self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g,
