@@ -1,0 +1,90 @@
+"""The default run's recipe (SN-DCGAN: hinge loss, spectral norm in D, nearest-neighbour G, Adam(beta1=0), EMA
+generator) as a plain PyTorch loop trained for a wall-clock budget, then scored as the `val` protocol scores it
+(FID of 512 EMA samples against the 512 val images, Inception features from mmexp.metrics). It asks which recipe
+gets furthest in the default run's CPU time, with every knob a flag and nothing of the framework in the loop:
+experiments/README.md, "the default run", has its table. Run on an otherwise idle machine, one at a time:
+
+    python experiments/default_gan_budget.py --seconds 270 --width 16 --tag w16
+
+The val features are computed once and kept in --cache (a second run takes ~1 minute to score). The framework's
+own run of the chosen recipe is `python -m mmexp`; its number, not this script's, is the one the README gives.
+"""
+import argparse, json, os, time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from mmexp.networks.dcgan import DCGANGenerator, DCGANDiscriminator
+from mmexp.ema import EMA
+from mmexp.metrics.frechet import frechet_distance_from_features
+from mmexp.metrics.networks import MetricNetworks
+from mmexp.data.shapes import ShapesDataset
+p = argparse.ArgumentParser()
+p.add_argument("--seconds", type=float, default=240); p.add_argument("--iters", type=int, default=0)
+p.add_argument("--width", type=int, default=32); p.add_argument("--gwidth", type=int, default=0)
+p.add_argument("--cl", type=int, default=1); p.add_argument("--bf16", type=int, default=0)
+p.add_argument("--bs", type=int, default=64); p.add_argument("--lr", type=float, default=5e-4)
+p.add_argument("--lrd", type=float, default=0); p.add_argument("--ema", type=float, default=0.995)
+p.add_argument("--reuse", type=int, default=0); p.add_argument("--fullres", type=int, default=0)
+p.add_argument("--seed", type=int, default=42); p.add_argument("--latent", type=int, default=100)
+p.add_argument("--beta2", type=float, default=0.999); p.add_argument("--tag", default="")
+p.add_argument("--decay_start", type=float, default=0.0); p.add_argument("--ndata", type=int, default=4096)
+p.add_argument("--cache", default=os.path.expanduser("~/.cache/mmexp/default_gan_budget_val_features.pt")); p.add_argument("--decay_lr", type=int, default=0)
+a = p.parse_args()
+torch.set_num_threads(2); torch.manual_seed(a.seed)
+kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=512, min_shapes=1, max_shapes=3, seed=42,
+          cache_dir=os.path.expanduser("~/.cache/mmexp/datasets"))
+tr = ShapesDataset("train", **kw)
+X = torch.stack([tr[i]["image"] for i in range(len(tr))])
+G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample="nearest", full_res_layer=bool(a.fullres))
+D = DCGANDiscriminator(3, 32, a.width, spectral_norm=True)
+if a.cl:
+    G = G.to(memory_format=torch.channels_last); D = D.to(memory_format=torch.channels_last)
+    X = X.contiguous(memory_format=torch.channels_last)
+ema = EMA(G, a.ema)
+og = torch.optim.Adam(G.parameters(), a.lr, betas=(0.0, a.beta2), fused=True)
+od = torch.optim.Adam(D.parameters(), a.lrd or a.lr, betas=(0.0, a.beta2), fused=True)
+ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16))
+t0 = time.perf_counter(); it = 0; perm = torch.randperm(len(X)); pos = 0
+while True:
+    if a.iters and it >= a.iters: break
+    if not a.iters and time.perf_counter() - t0 > a.seconds: break
+    if pos + a.bs > len(X): perm = torch.randperm(len(X)); pos = 0
+    real = X[perm[pos:pos + a.bs]]; pos += a.bs
+    if a.decay_lr:
+        frac = (it / a.iters) if a.iters else (time.perf_counter() - t0) / a.seconds
+        f = min(1.0, max(0.0, (1 - frac) / (1 - a.decay_start))) if frac > a.decay_start else 1.0
+        for o, base in ((og, a.lr), (od, a.lrd or a.lr)):
+            for gr in o.param_groups: gr["lr"] = base * f
+    z = torch.randn(a.bs, a.latent)
+    with ac():
+        if a.reuse:
+            fake_g = G(z); fake = fake_g.detach()
+        else:
+            with torch.no_grad(): fake = G(z)
+        ld = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+    od.zero_grad(set_to_none=True); ld.backward(); od.step()
+    with ac():
+        if not a.reuse: fake_g = G(torch.randn(a.bs, a.latent))
+        D.requires_grad_(False); lg = -D(fake_g).float().mean(); D.requires_grad_(True)
+    og.zero_grad(set_to_none=True); lg.backward(); og.step()
+    ema.update(it)
+    it += 1
+train_s = time.perf_counter() - t0
+nets = MetricNetworks()
+def feats(x):
+    return nets.features(x, False)[0]
+RF = a.cache
+if not os.path.exists(RF):
+    va = ShapesDataset("val", **kw)
+    with torch.inference_mode(): torch.save(feats(torch.stack([va[i]["image"] for i in range(512)])), RF)
+real_f = torch.load(RF, weights_only=True)
+g = torch.Generator().manual_seed(0)
+ema.module.eval()
+with torch.inference_mode():
+    imgs = torch.cat([ema.module(torch.randn(128, a.latent, generator=g)).clamp(-1, 1) for _ in range(4)]).contiguous()
+    fake_f = feats(imgs)
+fid = frechet_distance_from_features(fake_f.double(), real_f.double())
+torchvision.utils.save_image(imgs[:64] * 0.5 + 0.5, f"default_gan_budget_{a.tag or 'grid'}.png", nrow=8)
+print("RESULT", json.dumps({**vars(a), "iters": it, "train_s": round(train_s, 1), "ms_it": round(1000 * train_s / it, 1),
+                            "fid": round(fid, 2)}), flush=True)
