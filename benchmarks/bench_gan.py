@@ -143,7 +143,8 @@ def run_lightning(args, data, user: bool = False, counter: OpCounter | None = No
     # the progress bar python -m mmexp uses (conf/callbacks/default.yaml), else Lightning's default
     bar = user_progress_bar() if user else None
     model = GAN(g, d, LossSet({"adversarial": NonSaturatingLoss()}), adam(), adam(), n_disc=1,
-                channels_last=args.channels_last)
+                # only when asked: the "before" code of experiments/gpu/bench_step_overhead.sh has no such argument
+                **({"channels_last": True} if args.channels_last else {}))
     timer = Timer(args.window, counter, args.warmup)
     with tempfile.TemporaryDirectory() as tmp, counter or contextlib.nullcontext():
         trainer = L.Trainer(max_steps=2 * (args.warmup + args.steps), accelerator=args.device,
