@@ -15,7 +15,7 @@ def test_the_default_is_the_sn_dcgan_on_shapes(tmp_path):
     assert cfg.model.loss.terms.adversarial._target_.endswith("HingeLoss")
     assert cfg.model.discriminator.spectral_norm and cfg.model.generator.upsample == "nearest"
     assert cfg.model.ema_decay == 0.995 and list(cfg.model.optimizer_g.betas) == [0.0, 0.999]
-    # half DCGAN's width in channels-last layout: ~4x the iterations in the same 5 CPU minutes, FID 155.7 -> 130.8
+    # half DCGAN's width in channels-last layout: 3.2x the iterations in the same 5 CPU minutes, FID 155.7 -> 130.8
     assert cfg.model.generator.base_channels == cfg.model.discriminator.base_channels == 16 and cfg.model.channels_last
     assert cfg.trainer.max_epochs == cfg.trainer.check_val_every_n_epoch == 80
     # a bar redrawn every 10 batches, not Lightning's threaded Rich bar (benchmarks/README.md: 0.90x -> 0.98x)
