@@ -533,9 +533,6 @@ def test_a_gan_step_reads_nothing_back_between_logs_and_the_bar_shows_the_losses
 
 
 # ----------------------------------------------------------------------------- channels-last weights
-fused_adam = functools.partial(torch.optim.Adam, lr=1e-3, betas=(0.0, 0.999), fused=True)
-
-
 def make_sn_gan(**kw):
     torch.manual_seed(0)
     g, d = DCGANGenerator(16, C, S, 8, upsample="nearest"), DCGANDiscriminator(C, S, 8, spectral_norm=True)
