@@ -583,3 +583,26 @@ def test_a_checkpoint_resumes_into_the_other_memory_layout_as_into_its_own(tmp_p
             assert s["exp_avg"].stride() == p.stride() and s["exp_avg_sq"].stride() == p.stride()
     for (name, a), b in zip(runs[saved_cl].state_dict().items(), runs[resumed_cl].state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_fakes_runs_the_generator_once_per_iteration_and_scores_the_fakes_d_just_saw(reuse):
+    torch.manual_seed(0)
+    model = make_gan(reuse_fakes=reuse)
+    g_calls, d_inputs = [], []
+    model.generator.register_forward_hook(lambda m, i, o: g_calls.append(torch.is_grad_enabled()))
+    model.discriminator.register_forward_hook(lambda m, i, o: d_inputs.append(i[0].detach().clone()))
+    before = [p.detach().clone() for p in model.generator.parameters()]
+    trainer(max_steps=6).fit(model, loader())  # 3 iterations: a D and a G step each
+    # D sees real, fake (D step), fake (G step) per iteration
+    assert len(d_inputs) == 9
+    if reuse:
+        assert g_calls == [True] * 3  # one G forward per iteration, with the graph its step needs
+    else:
+        assert g_calls == [False, True] * 3  # the D step's fakes without a graph, then fresh ones
+    for it in range(3):
+        real, fake_d, fake_g = d_inputs[3 * it: 3 * it + 3]
+        assert not torch.equal(real, fake_d)
+        assert torch.equal(fake_d, fake_g) == reuse
+    after = list(model.generator.parameters())
+    assert all(torch.isfinite(p).all() for p in after) and any(not torch.equal(a, b) for a, b in zip(before, after))

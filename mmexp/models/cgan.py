@@ -54,7 +54,8 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
         discriminator (nn.Module): ``(images, c) -> logits [B]`` (:class:`~mmexp.networks.cgan.ProjectionDiscriminator`,
             :class:`~mmexp.networks.cgan.MatchingAwareDiscriminator`).
         loss (LossSet): see above (``conf/loss/``).
-        optimizer_g, optimizer_d, scheduler_g, scheduler_d, n_disc, ema_decay, ema_start, augment, channels_last: as
+        optimizer_g, optimizer_d, scheduler_g, scheduler_d, n_disc, ema_decay, ema_start, augment, channels_last,
+            reuse_fakes: as
             :class:`mmexp.models.gan.GAN` (TTUR, D steps per G step, the EMA generator that samples, DiffAugment
             of D's inputs).
         guidance (float): ignored: a GAN has no classifier-free guidance (a value other than 1 warns once).
@@ -75,7 +76,7 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
                  preview_prompts: Sequence[str] | None = None, preview_labels: Sequence[int] | None = None,
                  num_per_prompt: int = 8, num_preview_rows: int = 8, sample_seed: int = 0,
                  finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None,
-                 augment: nn.Module | None = None, channels_last: bool = False) -> None:
+                 augment: nn.Module | None = None, channels_last: bool = False, reuse_fakes: bool = False) -> None:
         super().__init__(conditioner, guidance=guidance, preview_prompts=preview_prompts,
                          preview_labels=preview_labels, num_per_prompt=num_per_prompt,
                          num_preview_rows=num_preview_rows, finite_check_every_n_steps=finite_check_every_n_steps,
@@ -84,7 +85,7 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
                                           "optimizer_d", "scheduler_g", "scheduler_d", "augment"])
         self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g, scheduler_d,
                               n_disc, ema_decay, ema_start, "loss=cgan_hinge, wgan_gp, text_gan or text_gan_dfgan",
-                              augment)
+                              augment, reuse_fakes)
         for name, net in (("generator", generator), ("discriminator", discriminator)):
             dim = getattr(net, "cond_dim", None)
             if dim is not None and int(dim) != conditioner.dim:

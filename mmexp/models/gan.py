@@ -30,7 +30,7 @@ class AdversarialTraining:
                          optimizer_d: Callable[..., torch.optim.Optimizer],
                          scheduler_g: Callable[..., Any] | None, scheduler_d: Callable[..., Any] | None,
                          n_disc: int, ema_decay: float | None, ema_start: int, losses_hint: str,
-                         augment: nn.Module | None = None) -> None:
+                         augment: nn.Module | None = None, reuse_fakes: bool = False) -> None:
         name = type(self).__name__
         self.automatic_optimization = False
         if n_disc < 1:
@@ -51,6 +51,7 @@ class AdversarialTraining:
         self.ema = EMA(generator, ema_decay, ema_start) if ema_decay is not None else None
         # differentiable augmentation of every image D sees, real and fake, in D's and G's steps (DiffAugment)
         self.augment = augment
+        self.reuse_fakes = bool(reuse_fakes)
         self._sched: dict[str, Any] = {}
 
     @property
@@ -122,8 +123,15 @@ class AdversarialTraining:
         snapshot = self.snapshot_buffers(*self.adversarial_modules())
         condition = self.batch_condition(batch)
 
-        with torch.no_grad():
-            fake, _ = self.synthesize(b, None if condition is None else condition.detach())
+        # reuse_fakes: the G step scores the fakes D just saw (their graph kept) against the updated D, so an
+        # iteration runs G forward once, not twice, as the PyTorch DCGAN example does; else G draws fresh noise
+        reuse = self.reuse_fakes and g_step
+        if reuse:
+            fake_g, g_inputs = self.synthesize(b, None if condition is None else condition.detach())
+            fake = fake_g.detach()
+        else:
+            with torch.no_grad():
+                fake, _ = self.synthesize(b, None if condition is None else condition.detach())
         # D's loss terms (R1, gradient penalty, matching-aware pairs) see the images D saw: augmented ones
         real, fake = self.discriminator_view(real), self.discriminator_view(fake)
         real_logits, fake_logits = self.critic(real, condition), self.critic(fake, condition)
@@ -146,8 +154,9 @@ class AdversarialTraining:
             condition = None if condition is None else condition.detach()
             self.discriminator.requires_grad_(False)
             try:
-                fake, g_inputs = self.synthesize(b, condition)
-                g_out = self.loss(fake_logits=self.critic(self.discriminator_view(fake), condition), fake=fake,
+                if not reuse:
+                    fake_g, g_inputs = self.synthesize(b, condition)
+                g_out = self.loss(fake_logits=self.critic(self.discriminator_view(fake_g), condition), fake=fake_g,
                                   **g_inputs)
                 g_loss = g_out.total
                 ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
@@ -198,6 +207,11 @@ class GAN(AdversarialTraining, GenerativeModule):
             (``model/augment=diffaugment``). Validation and samples never pass through it. Default: None.
         channels_last (bool): weights in channels-last layout (see :class:`GenerativeModule`). Default: False
             (``model=dcgan``/``sngan`` switch it on).
+        reuse_fakes (bool): the G step scores the fakes of the D step before it (generated with gradients; D saw
+            them detached) against the updated D instead of generating a fresh batch, as the PyTorch DCGAN example
+            does: one G forward per iteration instead of two (~25 % more iterations per second on 2 CPU cores
+            with the default's networks), at the price of G's step seeing no new noise. Default: False
+            (``model=dcgan_r1`` switches it on).
 
     ``n_disc`` follows StudioGAN (``d_updates_per_step``): every D update uses a fresh real
     batch, so the discriminator takes one step on **every** training batch and the generator
@@ -223,13 +237,13 @@ class GAN(AdversarialTraining, GenerativeModule):
                  ema_decay: float | None = None, ema_start: int = 0, num_preview: int = 64,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
                  log_every_n_steps: int | None = None, augment: nn.Module | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, reuse_fakes: bool = False) -> None:
         super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["generator", "discriminator", "loss", "optimizer_g",
                                           "optimizer_d", "scheduler_g", "scheduler_d", "augment"])
         self.init_adversarial(generator, discriminator, loss, optimizer_g, optimizer_d, scheduler_g,
                               scheduler_d, n_disc, ema_decay, ema_start,
-                              "loss=gan_bce, gan_hinge, wgan_gp or gan_hinge_r1", augment)
+                              "loss=gan_bce, gan_bce_r1, gan_hinge, wgan_gp or gan_hinge_r1", augment, reuse_fakes)
         self.num_preview = int(num_preview)
 
     # ------------------------------------------------------------------ the adversarial step's parts
