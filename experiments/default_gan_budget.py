@@ -5,6 +5,8 @@ gets furthest in the default run's CPU time, with every knob a flag and nothing 
 experiments/README.md, "the default run", has its table. Run on an otherwise idle machine, one at a time:
 
     python experiments/default_gan_budget.py --seconds 270 --width 16 --tag w16
+    # the recipe of model=dcgan_r1 (the default since session 12): BatchNorm D, non-saturating loss + lazy R1, fake reuse
+    python experiments/default_gan_budget.py --seconds 270 --width 16 --sn 0 --loss ns --r1 0.1 --reuse 1
 
 The val features are computed once and kept in --cache (a second run takes ~1 minute to score). The framework's
 own run of the chosen recipe is `python -m mmexp`; its number, not this script's, is the one the README gives.
@@ -30,6 +32,11 @@ p.add_argument("--seed", type=int, default=42); p.add_argument("--latent", type=
 p.add_argument("--beta2", type=float, default=0.999); p.add_argument("--tag", default="")
 p.add_argument("--decay_start", type=float, default=0.0); p.add_argument("--ndata", type=int, default=4096)
 p.add_argument("--cache", default=os.path.expanduser("~/.cache/mmexp/default_gan_budget_val_features.pt")); p.add_argument("--decay_lr", type=int, default=0)
+p.add_argument("--dstd", type=int, default=0, help="SNGAN's standard CNN D: a 3x3 stride-1 conv before each stride-2 one")
+p.add_argument("--sn", type=int, default=1); p.add_argument("--loss", default="hinge", choices=["hinge", "ns"])
+p.add_argument("--r1", type=float, default=0.0); p.add_argument("--r1_every", type=int, default=4)
+p.add_argument("--augment", default="", help="DiffAugment policies, comma-separated, e.g. translation")
+p.add_argument("--standing", type=int, default=0, help="also score with the EMA G's BatchNorm statistics recomputed")
 a = p.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed)
 kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=512, min_shapes=1, max_shapes=3, seed=42,
@@ -37,11 +44,26 @@ kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=51
 tr = ShapesDataset("train", **kw)
 X = torch.stack([tr[i]["image"] for i in range(len(tr))])
 G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample="nearest", full_res_layer=bool(a.fullres))
-D = DCGANDiscriminator(3, 32, a.width, spectral_norm=True)
+D = DCGANDiscriminator(3, 32, a.width, spectral_norm=bool(a.sn))
+if a.dstd:
+    from torch import nn
+    c, layers = 3, []
+    for i in range(3):
+        w = a.width * 2 ** i
+        layers += [nn.Conv2d(c, w, 3, 1, 1), nn.LeakyReLU(0.1, True), nn.Conv2d(w, w, 4, 2, 1), nn.LeakyReLU(0.1, True)]
+        c = w
+    layers += [nn.Conv2d(c, 2 * c, 3, 1, 1), nn.LeakyReLU(0.1, True), nn.Conv2d(2 * c, 1, 4, 1, 0)]
+    D = nn.Sequential(*layers, nn.Flatten(0))
+    if a.sn:
+        for m in [m for m in D.modules() if isinstance(m, nn.Conv2d)]:
+            nn.utils.parametrizations.spectral_norm(m)
 if a.cl:
     G = G.to(memory_format=torch.channels_last); D = D.to(memory_format=torch.channels_last)
     X = X.contiguous(memory_format=torch.channels_last)
 ema = EMA(G, a.ema)
+if a.augment:
+    from mmexp.networks.diffaugment import DiffAugment
+    D = torch.nn.Sequential(DiffAugment(a.augment.split(",")), D)
 og = torch.optim.Adam(G.parameters(), a.lr, betas=(0.0, a.beta2), fused=True)
 od = torch.optim.Adam(D.parameters(), a.lrd or a.lr, betas=(0.0, a.beta2), fused=True)
 ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16))
@@ -62,11 +84,17 @@ while True:
             fake_g = G(z); fake = fake_g.detach()
         else:
             with torch.no_grad(): fake = G(z)
-        ld = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+        r1_now = a.r1 > 0 and it % a.r1_every == 0
+        if r1_now: real = real.detach().requires_grad_(True)
+        dr, df = D(real), D(fake)
+        ld = (F.relu(1 - dr).mean() + F.relu(1 + df).mean()) if a.loss == "hinge" else (F.softplus(-dr).mean() + F.softplus(df).mean())
+        if r1_now:  # lazy R1 (Mescheder et al. 2018; StyleGAN2's lazy schedule): gamma/2 * |grad_x D(x)|^2
+            grad, = torch.autograd.grad(dr.float().sum(), real, create_graph=True)
+            ld = ld + a.r1 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
     od.zero_grad(set_to_none=True); ld.backward(); od.step()
     with ac():
         if not a.reuse: fake_g = G(torch.randn(a.bs, a.latent))
-        D.requires_grad_(False); lg = -D(fake_g).float().mean(); D.requires_grad_(True)
+        D.requires_grad_(False); lg = -D(fake_g).float().mean() if a.loss == "hinge" else F.softplus(-D(fake_g).float()).mean(); D.requires_grad_(True)
     og.zero_grad(set_to_none=True); lg.backward(); og.step()
     ema.update(it)
     it += 1
@@ -86,5 +114,21 @@ with torch.inference_mode():
     fake_f = feats(imgs)
 fid = frechet_distance_from_features(fake_f.double(), real_f.double())
 torchvision.utils.save_image(imgs[:64] * 0.5 + 0.5, f"default_gan_budget_{a.tag or 'grid'}.png", nrow=8)
+extra = {}
+if a.standing:
+    # the EMA copies the live G's BatchNorm statistics, which belong to the live weights, not the averaged ones:
+    # recompute them for the averaged weights (cumulative average over 16 batches of fresh noise)
+    bns = [m for m in ema.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats(); m.momentum = None
+    ema.module.train()
+    with torch.no_grad():
+        for _ in range(16): ema.module(torch.randn(128, a.latent))
+    ema.module.eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        imgs = torch.cat([ema.module(torch.randn(128, a.latent, generator=g)).clamp(-1, 1) for _ in range(4)]).contiguous()
+        extra["fid_standing"] = round(frechet_distance_from_features(feats(imgs).double(), real_f.double()), 2)
+    torchvision.utils.save_image(imgs[:64] * 0.5 + 0.5, f"default_gan_budget_{a.tag or 'grid'}_standing.png", nrow=8)
 print("RESULT", json.dumps({**vars(a), "iters": it, "train_s": round(train_s, 1), "ms_it": round(1000 * train_s / it, 1),
-                            "fid": round(fid, 2)}), flush=True)
+                            "fid": round(fid, 2), **extra}), flush=True)

@@ -381,7 +381,8 @@ def test_every_loss_option_composes_and_builds(tmp_path, option):
 
 def test_model_brings_its_loss_and_the_command_line_wins(tmp_path):
     choices = lambda *o: compose_cfg(tmp_path, *o).hydra.runtime.choices.loss  # noqa: E731
-    assert choices() == "gan_hinge" and choices("model=dcgan") == "gan_bce"  # the default model is sngan
+    assert choices() == "gan_bce_r1" and choices("model=dcgan") == "gan_bce"  # the default model is dcgan_r1
+    assert choices("model=sngan") == "gan_hinge"
     assert choices("model=vae") == "vae" and choices("model=vqvae") == "vqvae"
     assert choices("model=vae", "loss=vae_bernoulli") == "vae_bernoulli"
     assert choices("loss=vae_bernoulli", "model=vae") == "vae_bernoulli"
