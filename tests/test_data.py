@@ -602,6 +602,47 @@ def test_shapes_rendered_once_equal_shapes_drawn_per_item(tmp_path):
     assert torch.equal(again[5]["image"], drawn[5]["image"])
 
 
+def test_shapes_batches_sliced_from_the_render_equal_the_items_collated(tmp_path):
+    """A loader over the rendered shapes slices whole batches (``__getitems__``), equal to the items collated."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from mmexp.data.datamodule import ImageDataModule
+    from mmexp.data.loaders import Collated, collate
+    from mmexp.data.shapes import ShapesDataset
+
+    ds = ShapesDataset("train", num_train=40, channels=3, cache_dir=str(tmp_path))
+    idx = [7, 0, 39, 7, -1]
+    batch = ds.__getitems__(idx)
+    assert isinstance(batch, Collated)
+    want = default_collate([ds[i] for i in idx])
+    got = collate(batch)
+    assert set(got) == set(want) and type(got) is dict
+    for key, value in want.items():
+        if torch.is_tensor(value):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+    assert got["index"].tolist() == [7, 0, 39, 7, 39]
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, 40])
+    # items drawn one by one come as items, and collate as before
+    drawn = ShapesDataset("train", num_train=40, channels=3, render_once=False)
+    assert isinstance(drawn.__getitems__([1, 2]), list)
+    assert torch.equal(collate(drawn.__getitems__(idx))["image"], want["image"])
+    # the datamodule's loaders (shuffled training, ordered evaluation) fetch batches this way
+    dm = ImageDataModule(functools.partial(ShapesDataset, num_train=40, num_val=12, cache_dir=str(tmp_path)),
+                         image_size=32, channels=3, batch_size=16, seed=3)
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        dataset = loader.dataset
+        for b in loader:
+            ref = default_collate([dataset[i] for i in b["index"].tolist()])
+            assert torch.equal(b["image"], ref["image"]) and b["caption"] == ref["caption"]
+    # a plain DataLoader (default_collate) still reads the dataset, item by item
+    plain = next(iter(DataLoader(ds, batch_size=4)))
+    assert torch.equal(plain["image"], default_collate([ds[i] for i in range(4)])["image"])
+    assert len(batch) == 5 and batch[-1]["index"] == 39
+
+
 def test_num_workers_auto_follows_the_hardware(monkeypatch):
     from mmexp.data.datamodule import resolve_num_workers
     from mmexp.errors import ConfigError

@@ -216,6 +216,22 @@ def test_perceptual_named_honestly(metrics_cache):
         PerceptualDistance("lpips")
 
 
+def test_metric_networks_run_in_float32_inside_a_bf16_autocast(metrics_cache):
+    """A bf16-mixed run validates inside autocast: the Inception features and the perceptual distance must not
+    change with it (the protocol's numbers are float32 whatever the training precision)."""
+    from mmexp.metrics.networks import MetricNetworks
+
+    x, y = _photo_pair(size=64)
+    nets = MetricNetworks()
+    ref, ref_d = nets.features(x, False)[0], nets.perceptual_distance(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_d = nets.features(x.bfloat16(), False)[0], nets.perceptual_distance(x, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, nets.features(x.bfloat16().float(), False)[0], rtol=0, atol=0)
+    torch.testing.assert_close(got_d, ref_d, rtol=0, atol=0)
+    assert ref.shape == got.shape
+
+
 # ------------------------------------------------------------------------------------ weights errors
 def test_missing_weights_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))

@@ -15,7 +15,7 @@ from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.batch import check_keys
 
 from .base import SPLITS, STANDARD_SPLITS, check_split
-from .loaders import ResumableDataLoader, derive_seed
+from .loaders import ResumableDataLoader, collate, derive_seed
 from .transforms import check_channels, check_image_size
 
 __all__ = ["ImageDataModule", "DegradedLoader"]
@@ -339,7 +339,7 @@ class ImageDataModule(L.LightningDataModule):
         else:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, SPLITS.index(split), 7))
             loader = DataLoader(ds, batch_size=bs, shuffle=False, drop_last=False, generator=generator,
-                                **self._loader_kwargs())
+                                collate_fn=collate, **self._loader_kwargs())
         if degrade and self.degradation is not None:
             return DegradedLoader(loader, self, split)
         return loader

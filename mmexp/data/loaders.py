@@ -15,19 +15,50 @@ Worker processes are seeded from a generator reseeded from ``(seed, epoch)`` at 
 epoch, so per-worker RNG (``torch.initial_seed()`` inside workers) is reproducible too. A dataset with a
 ``set_epoch(epoch)`` method (:class:`EpochSeeded`: random training crops) is told the epoch at the start of
 each epoch's iteration, so its items can depend on ``(seed, index, epoch)`` alone.
+
+A dataset may also fetch a whole batch at once: ``__getitems__(indices)`` (which ``DataLoader`` calls when it
+exists) returning a :class:`Collated` batch, exactly what ``default_collate`` would make of the items, so a
+dataset held in memory (the shapes, rendered once) slices its arrays instead of building and stacking one
+dict per item. Every mmexp loader collates with :func:`collate`, which passes such a batch through.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
-__all__ = ["EpochSampler", "EpochSeeded", "ResumableDataLoader", "derive_seed"]
+__all__ = ["Collated", "EpochSampler", "EpochSeeded", "ResumableDataLoader", "collate", "derive_seed"]
+
+
+class Collated(Sequence):
+    """A batch a dataset's ``__getitems__`` built at once (``batch``: what ``default_collate`` would make of the
+    items, tensors with a leading batch dimension and lists of strings). :func:`collate` (mmexp's loaders) takes
+    ``batch`` as it is; any other collate function sees a sequence of the items (``item(j)`` for position ``j``),
+    so a plain ``DataLoader`` over the dataset still works, at the per-item cost."""
+
+    def __init__(self, batch: dict[str, Any], item: Callable[[int], Any], size: int) -> None:
+        self.batch, self._item, self._size = batch, item, int(size)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, j: int) -> Any:  # type: ignore[override]
+        if not -self._size <= j < self._size:
+            raise IndexError(j)
+        return self._item(j % self._size)
+
+
+def collate(batch: Any) -> Any:
+    """The collate function of mmexp's loaders: a :class:`Collated` batch as it is, a list of items through
+    ``torch.utils.data.default_collate``."""
+    if isinstance(batch, Collated):
+        return dict(batch.batch)
+    return default_collate(batch)
 
 
 def derive_seed(*keys: int) -> int:
@@ -153,6 +184,8 @@ class ResumableDataLoader(DataLoader):
         if kwargs.get("batch_sampler") is not None:
             raise ValueError("ResumableDataLoader builds its own batch sampler; pass `sampler` and `batch_size` instead")
         kwargs.pop("batch_sampler", None)
+        if kwargs.get("collate_fn") is None:
+            kwargs["collate_fn"] = collate
         super().__init__(dataset, batch_size=batch_size, shuffle=None, sampler=sampler, drop_last=drop_last, **kwargs)
         self.seed = int(seed)
         self._skip = 0  # batches to skip when the next iterator starts

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from mmexp.errors import CaptionParseError, ConfigError
 
 from .base import SPLITS, BaseImageDataset
+from .loaders import Collated
 from .transforms import pil_to_tensor, uint8_to_tensor
 
 log = logging.getLogger(__name__)
@@ -445,6 +446,23 @@ class ShapesDataset(BaseImageDataset):
             "mask": torch.from_numpy(mask.astype(np.float32))[None],
             "index": index,
         }
+
+    def __getitems__(self, indices: list[int]) -> Collated | list[dict[str, Any]]:
+        """A batch of items (what ``DataLoader`` asks for): rendered once, slices of the split's arrays as one
+        :class:`~mmexp.data.loaders.Collated` batch (equal to ``default_collate`` of the items, without a dict
+        and five small tensors per item, for mmexp's loaders; a sequence of the items for any other collate
+        function); otherwise the items one by one."""
+        if not self.render_once:
+            return [self[i] for i in indices]
+        ii = np.fromiter((self._check_index(i) for i in indices), dtype=np.int64, count=len(indices))
+        store = self.rendered()
+        images = np.ascontiguousarray(store["images"][ii].transpose(0, 3, 1, 2))  # [B, C, H, W] uint8
+        batch = {"image": torch.from_numpy(images).to(torch.float32).div_(127.5).sub_(1.0),
+                 "label": torch.from_numpy(store["labels"][ii]),
+                 "caption": [str(c) for c in store["captions"][ii]],
+                 "mask": torch.from_numpy(store["masks"][ii, None].astype(np.float32)),
+                 "index": torch.from_numpy(ii)}
+        return Collated(batch, lambda j: self[int(ii[j])], len(ii))
 
     # -- render once ------------------------------------------------------------------------
     def cache_key(self) -> str:

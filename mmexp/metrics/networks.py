@@ -77,18 +77,22 @@ class MetricNetworks:
         of images in [-1, 1], on ``x.device``."""
         net = self.get("inception", x.device)
         feats, logits = [], []
-        for chunk in x.split(self.batch_size):
-            f, lg = net(to_uint8(chunk), logits=want_logits)
-            feats.append(f)
-            if lg is not None:
-                logits.append(lg)
+        # in float32 whatever the run's precision (bf16-mixed training): the protocol's numbers stay exact
+        with torch.autocast(x.device.type, enabled=False):
+            for chunk in x.float().split(self.batch_size):
+                f, lg = net(to_uint8(chunk), logits=want_logits)
+                feats.append(f)
+                if lg is not None:
+                    logits.append(lg)
         return torch.cat(feats), (torch.cat(logits) if logits else None)
 
     @torch.inference_mode()
     def perceptual_distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-image perceptual distance ``[N]`` of paired images in [-1, 1]."""
         net = self.get("perceptual", pred.device)
-        return torch.cat([net(a, b) for a, b in zip(pred.split(self.batch_size), target.split(self.batch_size))])
+        with torch.autocast(pred.device.type, enabled=False):
+            return torch.cat([net(a, b) for a, b in zip(pred.float().split(self.batch_size),
+                                                        target.float().split(self.batch_size))])
 
     def perceptual_name(self, metrics: Sequence[str]) -> str | None:
         """``lpips`` or ``st_lpips``: what the ``lpips`` entry of ``metrics`` is reported as (None if absent)."""
