@@ -36,6 +36,7 @@ p.add_argument("--dstd", type=int, default=0, help="SNGAN's standard CNN D: a 3x
 p.add_argument("--sn", type=int, default=1); p.add_argument("--loss", default="hinge", choices=["hinge", "ns"])
 p.add_argument("--r1", type=float, default=0.0); p.add_argument("--r1_every", type=int, default=4)
 p.add_argument("--augment", default="", help="DiffAugment policies, comma-separated, e.g. translation")
+p.add_argument("--upsample", default="nearest", choices=["nearest", "pixel_shuffle", "transposed"], help="G's upsampling")
 p.add_argument("--standing", type=int, default=0, help="also score with the EMA G's BatchNorm statistics recomputed")
 a = p.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed)
@@ -43,7 +44,7 @@ kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=51
           cache_dir=os.path.expanduser("~/.cache/mmexp/datasets"))
 tr = ShapesDataset("train", **kw)
 X = torch.stack([tr[i]["image"] for i in range(len(tr))])
-G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample="nearest", full_res_layer=bool(a.fullres))
+G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample=a.upsample, full_res_layer=bool(a.fullres))
 D = DCGANDiscriminator(3, 32, a.width, spectral_norm=bool(a.sn))
 if a.dstd:
     from torch import nn

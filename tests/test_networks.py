@@ -43,6 +43,40 @@ def test_dcgan_init():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
 
 
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_dcgan_pixel_shuffle_generator_starts_as_nearest_upsampling(size):
+    """upsample=pixel_shuffle: the nearest-neighbour G's multiply-adds at each stage, ICNR-initialised (every 2x2
+    output block equal at init, no checkerboard), its sub-pixels free to differ once trained; an unknown mode
+    lists the choices."""
+    g = DCGANGenerator(latent_dim=16, channels=3, image_size=size, base_channels=8, upsample="pixel_shuffle")
+    near = DCGANGenerator(latent_dim=16, channels=3, image_size=size, base_channels=8, upsample="nearest")
+    macs = lambda net: sum(m.weight.numel() * o.shape[-1] * o.shape[-2] for m, o in _conv_outputs(net))
+    assert macs(g) == macs(near)
+    x = g(torch.randn(4, 16))
+    assert x.shape == (4, 3, size, size)
+    torch.testing.assert_close(x[..., 0::2, 0::2], x[..., 1::2, 1::2], rtol=0, atol=0)
+    torch.testing.assert_close(x[..., 0::2, 0::2], x[..., 1::2, 0::2], rtol=0, atol=0)
+    # a loss that differs between the sub-pixels (as D's does) breaks the symmetry
+    (x - torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).square().mean().backward()
+    torch.optim.SGD(g.parameters(), lr=1.0).step()
+    y = g(torch.randn(4, 16))
+    assert (y[..., 0::2, 0::2] - y[..., 1::2, 1::2]).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="transposed, nearest, pixel_shuffle"):
+        DCGANGenerator(upsample="bilinear")
+
+
+def _conv_outputs(net):
+    """(conv, its output) of every conv of ``net`` on one latent."""
+    out = []
+    hooks = [m.register_forward_hook(lambda m, i, o: out.append((m, o)))
+             for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        net(torch.randn(1, net.latent_dim))
+    for h in hooks:
+        h.remove()
+    return out
+
+
 # ----------------------------------------------------------------------------- autoencoders
 @pytest.mark.parametrize("size,mults,latent", [(28, (1, 2, 2), 7), (32, (1, 2), 16),
                                                 (64, (1, 1, 2, 2), 8)])

@@ -29,7 +29,7 @@ from mmexp.errors import ConfigError, ShapeMismatchError
 
 #: image size -> side of the first (generator) / last (discriminator) feature map
 SUPPORTED_SIZES: dict[int, int] = {28: 7, 32: 4, 64: 4}
-UPSAMPLE = ("transposed", "nearest")
+UPSAMPLE = ("transposed", "nearest", "pixel_shuffle")
 
 
 def num_stages(image_size: int, who: str) -> tuple[int, int]:
@@ -55,6 +55,19 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
+    """ICNR init (Aitken et al. 2017) of a conv feeding ``PixelShuffle(scale)``: the ``scale**2`` output channels
+    that become one output channel's sub-pixels get the same filter (the first one's), so at init the shuffle
+    equals nearest-neighbour upsampling of a conv at the low resolution (no checkerboard)."""
+    r2 = scale * scale
+    with torch.no_grad():
+        w = conv.weight.view(conv.out_channels // r2, r2, *conv.weight.shape[1:])
+        w.copy_(w[:, :1].expand_as(w))
+        if conv.bias is not None:
+            b = conv.bias.view(-1, r2)
+            b.copy_(b[:, :1].expand_as(b))
+
+
 class DCGANGenerator(nn.Module):
     """DCGAN generator (Radford et al. 2015): z -> image in [-1, 1] (tanh).
 
@@ -65,9 +78,11 @@ class DCGANGenerator(nn.Module):
             Default: 64.
         base_channels (int): channels of the last hidden layer; earlier layers double it.
             Default: 64.
-        upsample (str): ``transposed`` (the paper: 4x4 stride-2 transposed convolutions) or
-            ``nearest`` (nearest-neighbour x2 then a 3x3 convolution: no checkerboard artifacts).
-            Default: ``transposed``.
+        upsample (str): ``transposed`` (the paper: 4x4 stride-2 transposed convolutions),
+            ``nearest`` (nearest-neighbour x2 then a 3x3 convolution: no checkerboard artifacts) or
+            ``pixel_shuffle`` (a 3x3 convolution to 4x the channels at the low resolution, then a sub-pixel
+            shuffle, Shi et al. 2016, ICNR-initialised: the same multiply-adds as ``nearest``, without its
+            upsampled copy, and each output pixel of a 2x2 block has its own filter). Default: ``transposed``.
         full_res_layer (bool): one more conv-BN-ReLU layer at the output resolution (``base_channels``
             wide) before the output convolution. Default: False.
 
@@ -85,6 +100,8 @@ class DCGANGenerator(nn.Module):
         def up(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
             if upsample == "transposed":
                 return [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)]
+            if upsample == "pixel_shuffle":
+                return [nn.Conv2d(c_in, 4 * c_out, 3, 1, 1, bias=bias), nn.PixelShuffle(2)]
             return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=bias)]
 
         ch = base_channels * 2 ** (stages - 1)
@@ -102,6 +119,10 @@ class DCGANGenerator(nn.Module):
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
+        if upsample == "pixel_shuffle":  # ICNR (Aitken et al. 2017): the 4 sub-pixels start equal, no checkerboard
+            for conv, shuffle in zip(layers, layers[1:]):
+                if isinstance(shuffle, nn.PixelShuffle):
+                    icnr_(conv)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
