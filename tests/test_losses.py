@@ -251,29 +251,6 @@ def test_r1_lazy_regularisation_in_a_loss_set():
         R1Penalty(every=0)
 
 
-def test_r1_reuses_the_real_logits_when_the_real_batch_requires_grad():
-    real = images(1)
-    d = small_critic()
-    calls = []
-    d.register_forward_hook(lambda *_: calls.append(1))
-    ref = R1Penalty(weight=1.0).d_loss(d, real, step=0)  # no logits given: D runs again on a detached copy
-    assert len(calls) == 1
-    loss = LossSet({"adversarial": NonSaturatingLoss(), "r1": R1Penalty(weight=1.0, every=2)})
-    assert [loss.wants_input_gradient(s) for s in range(4)] == [True, False, True, False]
-    assert not LossSet({"adversarial": NonSaturatingLoss()}).wants_input_gradient(0)
-    calls.clear()
-    x = real.clone().requires_grad_(True)  # what the GAN shows D on an R1 step
-    out = loss.d_loss(real_logits=d(x), fake_logits=d(images(2)), discriminator=d, real=x, fake=images(2), step=0)
-    assert len(calls) == 2  # real and fake only: R1 differentiated the real logits
-    torch.testing.assert_close(out.parts["r1"], 2 * ref.detach())
-    out.total.backward()
-    assert all(p.grad is not None for p in d.parameters())
-    # logits of a batch without input gradients (another term's step): it falls back to a second forward pass
-    calls.clear()
-    torch.testing.assert_close(R1Penalty().d_loss(d, real, step=0, real_logits=d(real).detach()), ref.detach())
-    assert len(calls) == 2
-
-
 # ----------------------------------------------------------------------------- reconstruction
 def test_reconstruction_terms():
     pred, target = images(1), images(2)

@@ -264,12 +264,9 @@ class R1Penalty(LossTerm):
             stays gamma (the returned and logged value includes the factor ``every``); on the
             other steps the term sits out (``None``, not logged). Default: 1 (every step).
 
-    ``d_loss(discriminator, real, step, real_logits=None)``: the discriminator (a callable ``images -> logits``),
-    the real batch and the index of this discriminator step (0-based; the penalty runs when ``step % every == 0``).
-    When ``real`` requires gradients and ``real_logits`` are D's logits on it (the model shows D such a batch when
-    :meth:`wants_input_gradient` says so), the penalty differentiates those logits: no second forward pass, and
-    D's BatchNorm statistics see the real batch once, as in the papers' code. Otherwise D is evaluated on a
-    detached copy of ``real`` once more, with input gradients.
+    ``d_loss(discriminator, real, step)``: the discriminator (a callable ``images -> logits``),
+    the real batch (detached) and the index of this discriminator step (0-based; the penalty
+    runs when ``step % every == 0``). D is evaluated on ``real`` once more, with input gradients.
     """
 
     def __init__(self, weight: float = 10.0, every: int = 1) -> None:
@@ -278,17 +275,11 @@ class R1Penalty(LossTerm):
             raise ConfigError(f"R1Penalty: every must be >= 1, got {every}")
         self.every = int(every)
 
-    def wants_input_gradient(self, step: int) -> bool:
-        return int(step) % self.every == 0
-
     def d_loss(self, discriminator: Callable[[Tensor], Tensor], real: Tensor,
-               step: int, real_logits: Tensor | None = None) -> Tensor | None:
+               step: int) -> Tensor | None:
         if int(step) % self.every != 0:
             return None
-        if real_logits is not None and real.requires_grad and real_logits.requires_grad:
-            (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-        else:
-            grad = input_gradient(discriminator, real)
+        grad = input_gradient(discriminator, real)
         return 0.5 * grad.pow(2).flatten(1).sum(1).mean() * self.every
 
     def extra_repr(self) -> str:

@@ -49,12 +49,6 @@ class LossTerm(nn.Module):
             out.append("discriminator")
         return tuple(out)
 
-    def wants_input_gradient(self, step: int) -> bool:
-        """Whether this term's ``d_loss`` at discriminator step ``step`` differentiates D's logits on the real
-        batch with respect to the real images (R1): the model then makes the real batch it shows D require
-        gradients, so the term reuses D's forward pass instead of running D again. Default: False."""
-        return False
-
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
 
@@ -125,11 +119,6 @@ class LossSet(nn.Module):
     def input_names(self, side: str = "model") -> set[str]:
         """Every input some term of ``side`` takes (required or optional)."""
         return {k for _, required, optional in self._plan[side] for k in (*required, *optional)}
-
-    def wants_input_gradient(self, step: int) -> bool:
-        """Whether a discriminator term at step ``step`` differentiates the real logits with respect to the real
-        images (:meth:`LossTerm.wants_input_gradient`): show D a real batch that requires gradients."""
-        return any(self.terms[name].wants_input_gradient(step) for name in self.names("discriminator"))
 
     def forward(self, **inputs: Any) -> LossOutput:
         return self._evaluate("model", inputs)

@@ -134,12 +134,9 @@ class AdversarialTraining:
                 fake, _ = self.synthesize(b, None if condition is None else condition.detach())
         # D's loss terms (R1, gradient penalty, matching-aware pairs) see the images D saw: augmented ones
         real, fake = self.discriminator_view(real), self.discriminator_view(fake)
-        d_step = self.d_step_index()
-        if self.loss.wants_input_gradient(d_step):  # R1 differentiates this forward pass's real logits
-            real = real.detach().requires_grad_(True)
         real_logits, fake_logits = self.critic(real, condition), self.critic(fake, condition)
         d_out = self.loss.d_loss(
-            real_logits=real_logits, fake_logits=fake_logits, real=real, fake=fake, step=d_step,
+            real_logits=real_logits, fake_logits=fake_logits, real=real, fake=fake, step=self.d_step_index(),
             **self.discriminator_inputs(condition))
         d_loss = d_out.total
         ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss})
