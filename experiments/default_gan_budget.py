@@ -23,7 +23,7 @@ from mmexp.metrics.networks import MetricNetworks
 from mmexp.data.shapes import ShapesDataset
 p = argparse.ArgumentParser()
 p.add_argument("--seconds", type=float, default=240); p.add_argument("--iters", type=int, default=0)
-p.add_argument("--width", type=int, default=32); p.add_argument("--gwidth", type=int, default=0)
+p.add_argument("--width", type=int, default=32); p.add_argument("--gwidth", type=int, default=0); p.add_argument("--dwidth", type=int, default=0)
 p.add_argument("--cl", type=int, default=1); p.add_argument("--bf16", type=int, default=0)
 p.add_argument("--bs", type=int, default=64); p.add_argument("--lr", type=float, default=5e-4)
 p.add_argument("--lrd", type=float, default=0); p.add_argument("--ema", type=float, default=0.995)
@@ -45,7 +45,7 @@ kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=51
 tr = ShapesDataset("train", **kw)
 X = torch.stack([tr[i]["image"] for i in range(len(tr))])
 G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample=a.upsample, full_res_layer=bool(a.fullres))
-D = DCGANDiscriminator(3, 32, a.width, spectral_norm=bool(a.sn))
+D = DCGANDiscriminator(3, 32, a.dwidth or a.width, spectral_norm=bool(a.sn))
 if a.dstd:
     from torch import nn
     c, layers = 3, []
