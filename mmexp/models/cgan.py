@@ -55,9 +55,8 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
             :class:`~mmexp.networks.cgan.MatchingAwareDiscriminator`).
         loss (LossSet): see above (``conf/loss/``).
         optimizer_g, optimizer_d, scheduler_g, scheduler_d, n_disc, ema_decay, ema_start, augment, channels_last,
-            reuse_fakes: as
-            :class:`mmexp.models.gan.GAN` (TTUR, D steps per G step, the EMA generator that samples, DiffAugment
-            of D's inputs).
+            reuse_fakes: as :class:`mmexp.models.gan.GAN` (TTUR, D steps per G step, the EMA generator that
+            samples, DiffAugment of D's inputs, one G forward per iteration).
         guidance (float): ignored: a GAN has no classifier-free guidance (a value other than 1 warns once).
             Default: 1.0.
         preview_prompts, preview_labels, num_per_prompt, num_preview_rows, sample_seed,
