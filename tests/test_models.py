@@ -561,6 +561,66 @@ def test_channels_last_gan_keeps_its_conv_weights_grads_moments_and_ema_channels
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
 
 
+class Captioned(Dataset):
+    """Images of ``size`` px with ``input`` (2x average-pooled), ``target`` and one of ``prompts`` as ``caption``."""
+
+    def __init__(self, size, prompts=(), n=8):
+        self.x, self.prompts = RandomImages(n).x[:, :, :size, :size], list(prompts) or [""]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        return {"image": x, "target": x, "input": torch.nn.functional.avg_pool2d(x, 2), "index": i,
+                "caption": self.prompts[i % len(self.prompts)]}
+
+
+def channels_last_family(family, tmp_path, channels_last):
+    """A tiny model of ``family`` and a loader of the batches it trains on."""
+    if family in ("vae", "vqvae"):
+        return MAKERS[family](channels_last=channels_last), loader()
+    if family == "restoration":  # SR x2 with a discriminator, as ESRGAN trains
+        from mmexp.losses.adversarial import RelativisticAverageLoss
+        from mmexp.losses.reconstruction import L1Loss
+        from mmexp.models.restoration import RestorationModel
+        from mmexp.networks.srresnet import MSRResNet
+        model = RestorationModel(MSRResNet(C, C, 8, 1, upscale=2),
+                                 LossSet({"l1": L1Loss(), "adversarial": RelativisticAverageLoss(0.1)}), adam,
+                                 discriminator=DCGANDiscriminator(C, S, 8), optimizer_d=adam,
+                                 channels_last=channels_last)
+        return model, DataLoader(Captioned(S), batch_size=B)
+    from tests.test_diffusion import PROMPTS, tiny_model
+    # SGD: Adam turns the rounding noise of near-zero gradients into lr-sized steps that differ between layouts
+    model, cfg = tiny_model(tmp_path, f"model.channels_last={channels_last}", "model.optimizer._target_=torch.optim.SGD")
+    return model, DataLoader(Captioned(cfg.data.image_size, PROMPTS), batch_size=B)
+
+
+@pytest.mark.parametrize("family", ["vae", "vqvae", "restoration", "diffusion"])
+def test_channels_last_reaches_every_trained_family_with_the_same_numbers(tmp_path, family):
+    runs = {}
+    for cl in (False, True):
+        torch.manual_seed(1)
+        model, data = channels_last_family(family, tmp_path, cl)
+        torch.manual_seed(2)
+        trainer(max_steps=4).fit(model, data)
+        runs[cl] = model
+    fast = runs[True]
+    assert fast.channels_last and not runs[False].channels_last
+    # weights whose two layouts differ in memory (not 1x1 kernels, not one input channel)
+    convs = [(n, p) for n, p in fast.named_parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert convs and all(is_channels_last(p) for _, p in convs), [n for n, p in convs if not is_channels_last(p)]
+    if family != "diffusion":  # (trained with SGD, no moments)
+        moments = [s["exp_avg"] for o in fast.trainer.optimizers for p, s in o.state.items()
+                   if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+        assert moments and all(is_channels_last(m) for m in moments)
+    plain = runs[False].state_dict()
+    tensors = {name: a for name, a in plain.items() if torch.is_tensor(a)}  # the diffusion's state has extra_state
+    assert tensors.keys() == {n for n, b in fast.state_dict().items() if torch.is_tensor(b)}
+    for name, a in tensors.items():
+        assert torch.allclose(a.float(), fast.state_dict()[name].float(), atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("saved_cl, resumed_cl", [(False, True), (True, False)])
 def test_a_checkpoint_resumes_into_the_other_memory_layout_as_into_its_own(tmp_path, saved_cl, resumed_cl):
     """Fused Adam walks a parameter and its moments as flat memory: moments loaded in the layout they were saved in

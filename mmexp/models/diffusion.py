@@ -80,7 +80,7 @@ class ConditionalDiffusion(ConditionalModule):
             (denoising steps), ``eta`` (DDIM's noise: 0 deterministic, 1 DDPM-like). Default: None
             (``{kind: ddim, steps: 50, eta: 0.0}``).
         preview_prompts, preview_labels, num_per_prompt, num_preview_rows, finite_check_every_n_steps,
-        sample_seed, log_every_n_steps: see :class:`ConditionalModule`.
+        sample_seed, log_every_n_steps, channels_last: see :class:`ConditionalModule`.
 
     Logs ``train/loss`` and ``train/loss/<term>``; validation also ``val/loss`` (fixed noise and timestep per
     sample index) besides the generated samples.
@@ -92,10 +92,10 @@ class ConditionalDiffusion(ConditionalModule):
                  sampler: Mapping[str, Any] | None = None, preview_prompts: Sequence[str] | None = None,
                  preview_labels: Sequence[int] | None = None, num_per_prompt: int = 8, num_preview_rows: int = 8,
                  finite_check_every_n_steps: int | None = None, sample_seed: int = 0,
-                 log_every_n_steps: int | None = None) -> None:
+                 log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
         sampler = {"kind": "ddim", "steps": 50, "eta": 0.0, **dict(sampler or {})}
         super().__init__(conditioner, guidance, sampler, preview_prompts, preview_labels, num_per_prompt,
-                         num_preview_rows, finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                         num_preview_rows, finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["conditioner", "denoiser", "noise_schedule", "loss", "optimizer",
                                           "scheduler"])
         config = getattr(denoiser, "config", None)

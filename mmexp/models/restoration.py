@@ -37,7 +37,7 @@ class Restorer(GenerativeModule):
         inpainting (bool): the model fills holes: batches must hold ``hole`` (1 = pixel to fill) and the
             known pixels of the input are composited back into every output, exactly. Default: False.
         num_preview (int): images in the preview grid. Default: 4.
-        sample_seed, finite_check_every_n_steps, log_every_n_steps: see :class:`GenerativeModule`.
+        sample_seed, finite_check_every_n_steps, log_every_n_steps, channels_last: see :class:`GenerativeModule`.
     """
 
     needs_checkpoint: bool = True
@@ -51,8 +51,9 @@ class Restorer(GenerativeModule):
     all_frames: bool = False
 
     def __init__(self, channels: int = 3, inpainting: bool = False, num_preview: int = 4, sample_seed: int = 0,
-                 finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                 finite_check_every_n_steps: int | None = None, log_every_n_steps: int | None = None,
+                 channels_last: bool = False) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.channels = int(channels)
         self.inpainting = bool(inpainting)
         self.num_preview = int(num_preview)
@@ -227,7 +228,7 @@ class RestorationModel(Restorer):
         pretrained (bool): the network comes with its weights (e.g. SCICO's ported DnCNN), so ``task=restore``
             and ``task=eval`` run the model without a checkpoint. Default: False.
         num_preview (int): images in the preview grid. Default: 4.
-        sample_seed, finite_check_every_n_steps, log_every_n_steps: see :class:`GenerativeModule`.
+        sample_seed, finite_check_every_n_steps, log_every_n_steps, channels_last: see :class:`GenerativeModule`.
 
     Training (manual optimisation): one network step per batch, then, with a discriminator, one
     discriminator step on the same batch (ESRGAN's and pix2pix's order; the relativistic loss compares each real
@@ -248,10 +249,10 @@ class RestorationModel(Restorer):
                  ema_decay: float | None = None,
                  ema_start: int = 0, inpainting: bool = False, pretrained: bool = False, num_preview: int = 4,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
-                 log_every_n_steps: int | None = None) -> None:
+                 log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
         channels = int(getattr(network, "out_channels", getattr(network, "channels", 3)))
         super().__init__(channels, inpainting, num_preview, sample_seed, finite_check_every_n_steps,
-                         log_every_n_steps)
+                         log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["network", "loss", "optimizer", "scheduler", "discriminator",
                                           "optimizer_d", "scheduler_d"])
         self.automatic_optimization = False

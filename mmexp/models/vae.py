@@ -41,6 +41,7 @@ class VAE(GenerativeModule):
         sample_seed (int): seed of validation/preview noise. Default: 0.
         finite_check_every_n_steps, log_every_n_steps (int | None): see
             :class:`GenerativeModule`. Default: None (auto).
+        channels_last (bool): see :class:`GenerativeModule`. Default: False.
 
     The likelihood and KL terms are in nats per image (summed over pixels resp. latent dims,
     averaged over the batch); the Gaussian NLL includes its constant, so ``recon`` can be
@@ -53,8 +54,8 @@ class VAE(GenerativeModule):
                  loss: LossSet, scheduler: Callable[..., Any] | None = None,
                  sigma: float = 0.1, learn_sigma: bool = True, num_preview: int = 8,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
-                 log_every_n_steps: int | None = None) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                 log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "loss", "scheduler"])
         likelihoods = [n for n, t in getattr(loss, "terms", {}).items() if isinstance(t, Likelihood)]
         if not isinstance(loss, LossSet) or len(likelihoods) != 1:

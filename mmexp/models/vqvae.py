@@ -45,6 +45,7 @@ class VQVAE(GenerativeModule):
             Default: 0.
         finite_check_every_n_steps, log_every_n_steps (int | None): see
             :class:`GenerativeModule`. Default: None (auto).
+        channels_last (bool): see :class:`GenerativeModule`. Default: False.
 
     Logs ``train/loss``, its unweighted parts ``train/loss/<term>`` (``recon``, ``commitment``,
     and ``codebook`` without EMA), ``train/perplexity``, ``train/codebook_usage`` (fraction of
@@ -57,8 +58,8 @@ class VQVAE(GenerativeModule):
                  optimizer: Callable[..., torch.optim.Optimizer], loss: LossSet,
                  scheduler: Callable[..., Any] | None = None, num_preview: int = 8,
                  sample_seed: int = 0, finite_check_every_n_steps: int | None = None,
-                 log_every_n_steps: int | None = None) -> None:
-        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps)
+                 log_every_n_steps: int | None = None, channels_last: bool = False) -> None:
+        super().__init__(finite_check_every_n_steps, sample_seed, log_every_n_steps, channels_last)
         self.save_hyperparameters(ignore=["encoder", "quantizer", "decoder", "optimizer", "loss",
                                           "scheduler"])
         if not isinstance(loss, LossSet):
