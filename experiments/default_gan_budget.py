@@ -37,6 +37,17 @@ p.add_argument("--sn", type=int, default=1); p.add_argument("--loss", default="h
 p.add_argument("--r1", type=float, default=0.0); p.add_argument("--r1_every", type=int, default=4)
 p.add_argument("--augment", default="", help="DiffAugment policies, comma-separated, e.g. translation")
 p.add_argument("--upsample", default="nearest", choices=["nearest", "pixel_shuffle", "transposed"], help="G's upsampling")
+p.add_argument("--dnorm", default="bn", choices=["bn", "none", "joint"],
+               help="D's BatchNorm: bn (real and fake batches apart), none (no normalisation), joint (one batch of both)")
+p.add_argument("--mbstd", type=int, default=0, help="ProGAN's minibatch standard deviation channel before D's head")
+p.add_argument("--gskip", type=int, default=0, help="StyleGAN2's skip G: every resolution adds its own RGB, upsampled")
+p.add_argument("--cat", type=int, default=0,
+               help="K > 0: the last K latent entries are a one-hot category drawn uniformly (a discrete latent)")
+p.add_argument("--gnorm", default="bn", choices=["bn", "none", "pixel"],
+               help="G's normalisation: BatchNorm, none (biases instead), ProGAN's pixel norm (+ biases)")
+p.add_argument("--dself", type=float, default=0.0,
+               help="w > 0: FastGAN's self-supervised D, a small decoder rebuilds the real images from D's last "
+                    "features (weight w on the MSE, D step only)")
 p.add_argument("--standing", type=int, default=0, help="also score with the EMA G's BatchNorm statistics recomputed")
 a = p.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed)
@@ -58,6 +69,47 @@ if a.dstd:
     if a.sn:
         for m in [m for m in D.modules() if isinstance(m, nn.Conv2d)]:
             nn.utils.parametrizations.spectral_norm(m)
+if a.gnorm != "bn":
+    class PixelNorm(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-8)
+    for m in G.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is None:
+            m.bias = torch.nn.Parameter(torch.zeros(m.out_channels))
+    G.net = torch.nn.Sequential(*[(PixelNorm() if a.gnorm == "pixel" else torch.nn.Identity())
+                                  if isinstance(m, torch.nn.BatchNorm2d) else m for m in G.net])
+if a.dnorm == "none":
+    D.features = torch.nn.Sequential(*[m for m in D.features if not isinstance(m, torch.nn.BatchNorm2d)])
+if a.mbstd:
+    class MbStd(torch.nn.Module):  # ProGAN: the batch's feature std as one more constant channel (groups of 4)
+        def forward(self, x):
+            b, c, h, w = x.shape; g = min(4, b)
+            y = x.float().view(g, -1, c, h, w); y = (y - y.mean(0)).pow(2).mean(0).add(1e-8).sqrt().mean([1, 2, 3])
+            return torch.cat([x, y.view(-1, 1, 1, 1).repeat(g, 1, h, w).to(x.dtype)], 1)
+    Dh = torch.nn.Conv2d(D.feature_channels + 1, 1, D.feature_size, 1, 0, bias=False)
+    torch.nn.init.normal_(Dh.weight, 0, 0.02)
+    D = torch.nn.Sequential(D.features, MbStd(), Dh, torch.nn.Flatten(0))
+if a.gskip:
+    from torch import nn
+    class SkipG(nn.Module):  # StyleGAN2's output skips on the DCGAN G: each stage adds a 1x1 toRGB, upsampled and summed
+        def __init__(self, latent, width):
+            super().__init__()
+            ch = width * 4
+            self.stem = nn.Sequential(nn.ConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True))
+            self.blocks, self.rgbs = nn.ModuleList(), nn.ModuleList([nn.Conv2d(ch, 3, 1)])
+            for _ in range(3):
+                co = max(ch // 2, width)
+                self.blocks.append(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, co, 3, 1, 1, bias=False),
+                                                 nn.BatchNorm2d(co), nn.ReLU(True)))
+                self.rgbs.append(nn.Conv2d(co, 3, 1)); ch = co
+            from mmexp.networks.dcgan import dcgan_init
+            self.apply(dcgan_init)
+        def forward(self, z):
+            h = self.stem(z.view(z.shape[0], -1, 1, 1)); rgb = self.rgbs[0](h)
+            for blk, to in zip(self.blocks, self.rgbs[1:]):
+                h = blk(h); rgb = F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False) + to(h)
+            return torch.tanh(rgb)
+    G = SkipG(a.latent, a.gwidth or a.width)
 if a.cl:
     G = G.to(memory_format=torch.channels_last); D = D.to(memory_format=torch.channels_last)
     X = X.contiguous(memory_format=torch.channels_last)
@@ -65,8 +117,24 @@ ema = EMA(G, a.ema)
 if a.augment:
     from mmexp.networks.diffaugment import DiffAugment
     D = torch.nn.Sequential(DiffAugment(a.augment.split(",")), D)
+dec = None
+if a.dself:
+    from torch import nn
+    c = D.feature_channels
+    layers = []
+    for i in range(3):  # 4x4 -> 32x32: c, c/2, c/4 channels, then RGB
+        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c >> i, c >> (i + 1) if i < 2 else 3, 3, 1, 1),
+                   nn.ReLU(True) if i < 2 else nn.Tanh()]
+    dec = nn.Sequential(*layers)
+    if a.cl: dec = dec.to(memory_format=torch.channels_last)
 og = torch.optim.Adam(G.parameters(), a.lr, betas=(0.0, a.beta2), fused=True)
-od = torch.optim.Adam(D.parameters(), a.lrd or a.lr, betas=(0.0, a.beta2), fused=True)
+od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(0.0, a.beta2), fused=True)
+def noise(n, generator=None):
+    z = torch.randn(n, a.latent, generator=generator)
+    if a.cat:  # a discrete switch: G can jump between the data's modes instead of crossing the gaps between them
+        k = torch.randint(a.cat, (n,), generator=generator)
+        z[:, -a.cat:] = F.one_hot(k, a.cat).float()
+    return z
 ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16))
 t0 = time.perf_counter(); it = 0; perm = torch.randperm(len(X)); pos = 0
 while True:
@@ -79,7 +147,7 @@ while True:
         f = min(1.0, max(0.0, (1 - frac) / (1 - a.decay_start))) if frac > a.decay_start else 1.0
         for o, base in ((og, a.lr), (od, a.lrd or a.lr)):
             for gr in o.param_groups: gr["lr"] = base * f
-    z = torch.randn(a.bs, a.latent)
+    z = noise(a.bs)
     with ac():
         if a.reuse:
             fake_g = G(z); fake = fake_g.detach()
@@ -87,15 +155,24 @@ while True:
             with torch.no_grad(): fake = G(z)
         r1_now = a.r1 > 0 and it % a.r1_every == 0
         if r1_now: real = real.detach().requires_grad_(True)
-        dr, df = D(real), D(fake)
+        if a.dnorm == "joint":
+            dr, df = D(torch.cat([real, fake])).split(a.bs)
+        elif dec is not None:
+            hr = D.features(real); dr = D.head(hr).flatten(); df = D(fake)
+        else:
+            dr, df = D(real), D(fake)
         ld = (F.relu(1 - dr).mean() + F.relu(1 + df).mean()) if a.loss == "hinge" else (F.softplus(-dr).mean() + F.softplus(df).mean())
+        if dec is not None:
+            ld = ld + a.dself * F.mse_loss(dec(hr).float(), real.detach().float())
         if r1_now:  # lazy R1 (Mescheder et al. 2018; StyleGAN2's lazy schedule): gamma/2 * |grad_x D(x)|^2
             grad, = torch.autograd.grad(dr.float().sum(), real, create_graph=True)
             ld = ld + a.r1 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
     od.zero_grad(set_to_none=True); ld.backward(); od.step()
     with ac():
-        if not a.reuse: fake_g = G(torch.randn(a.bs, a.latent))
-        D.requires_grad_(False); lg = -D(fake_g).float().mean() if a.loss == "hinge" else F.softplus(-D(fake_g).float()).mean(); D.requires_grad_(True)
+        if not a.reuse: fake_g = G(noise(a.bs))
+        D.requires_grad_(False)
+        dg = D(torch.cat([real.detach(), fake_g]))[a.bs:] if a.dnorm == "joint" else D(fake_g)
+        lg = -dg.float().mean() if a.loss == "hinge" else F.softplus(-dg.float()).mean(); D.requires_grad_(True)
     og.zero_grad(set_to_none=True); lg.backward(); og.step()
     ema.update(it)
     it += 1
@@ -111,7 +188,7 @@ real_f = torch.load(RF, weights_only=True)
 g = torch.Generator().manual_seed(0)
 ema.module.eval()
 with torch.inference_mode():
-    imgs = torch.cat([ema.module(torch.randn(128, a.latent, generator=g)).clamp(-1, 1) for _ in range(4)]).contiguous()
+    imgs = torch.cat([ema.module(noise(128, g)).clamp(-1, 1) for _ in range(4)]).contiguous()
     fake_f = feats(imgs)
 fid = frechet_distance_from_features(fake_f.double(), real_f.double())
 torchvision.utils.save_image(imgs[:64] * 0.5 + 0.5, f"default_gan_budget_{a.tag or 'grid'}.png", nrow=8)
@@ -124,11 +201,11 @@ if a.standing:
         m.reset_running_stats(); m.momentum = None
     ema.module.train()
     with torch.no_grad():
-        for _ in range(16): ema.module(torch.randn(128, a.latent))
+        for _ in range(16): ema.module(noise(128))
     ema.module.eval()
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        imgs = torch.cat([ema.module(torch.randn(128, a.latent, generator=g)).clamp(-1, 1) for _ in range(4)]).contiguous()
+        imgs = torch.cat([ema.module(noise(128, g)).clamp(-1, 1) for _ in range(4)]).contiguous()
         extra["fid_standing"] = round(frechet_distance_from_features(feats(imgs).double(), real_f.double()), 2)
     torchvision.utils.save_image(imgs[:64] * 0.5 + 0.5, f"default_gan_budget_{a.tag or 'grid'}_standing.png", nrow=8)
 print("RESULT", json.dumps({**vars(a), "iters": it, "train_s": round(train_s, 1), "ms_it": round(1000 * train_s / it, 1),
