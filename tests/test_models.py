@@ -561,7 +561,7 @@ def test_channels_last_gan_keeps_its_conv_weights_grads_moments_and_ema_channels
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
 
 
-class Captioned(Dataset):
+class PairedCaptioned(Dataset):
     """Images of ``size`` px with ``input`` (2x average-pooled), ``target`` and one of ``prompts`` as ``caption``."""
 
     def __init__(self, size, prompts=(), n=8):
@@ -589,11 +589,11 @@ def channels_last_family(family, tmp_path, channels_last):
                                  LossSet({"l1": L1Loss(), "adversarial": RelativisticAverageLoss(0.1)}), adam,
                                  discriminator=DCGANDiscriminator(C, S, 8), optimizer_d=adam,
                                  channels_last=channels_last)
-        return model, DataLoader(Captioned(S), batch_size=B)
+        return model, DataLoader(PairedCaptioned(S), batch_size=B)
     from tests.test_diffusion import PROMPTS, tiny_model
     # SGD: Adam turns the rounding noise of near-zero gradients into lr-sized steps that differ between layouts
     model, cfg = tiny_model(tmp_path, f"model.channels_last={channels_last}", "model.optimizer._target_=torch.optim.SGD")
-    return model, DataLoader(Captioned(cfg.data.image_size, PROMPTS), batch_size=B)
+    return model, DataLoader(PairedCaptioned(cfg.data.image_size, PROMPTS), batch_size=B)
 
 
 @pytest.mark.parametrize("family", ["vae", "vqvae", "restoration", "diffusion"])
