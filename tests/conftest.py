@@ -201,9 +201,9 @@ def data_roots(tmp_path_factory) -> dict[str, list[str]]:
 
 
 class CountKernels:
-    """ATen ops that do work (views, detaches and aliases excluded) dispatched inside the ``with`` block."""
+    """ATen ops that do work (views, selects, detaches and aliases excluded) dispatched inside the ``with`` block."""
 
-    FREE = ("view", "detach", "alias", "reshape", "_unsafe_view", "split", "lift_fresh")
+    FREE = ("view", "detach", "alias", "reshape", "_unsafe_view", "split", "lift_fresh", "select")
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode

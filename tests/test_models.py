@@ -1,6 +1,7 @@
 """LightningModules: training on dict batches, guards, sampling semantics, configs."""
 
 import functools
+import math
 
 import lightning as L
 import pytest
@@ -424,6 +425,35 @@ def test_buffer_snapshot_restores_in_a_fixed_number_of_kernels():
     # two dtype groups: a clone each to take, a where (in place) each to restore
     assert taking.count <= 2 and keeping.count <= 2 and restoring.count <= 2, \
         (taking.count, keeping.count, restoring.count)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf")])
+def test_the_guard_and_its_skip_flag_take_four_kernels_and_a_fused_step_reads_the_flag(bad):
+    """guard_finite records the losses and yields both ``ok`` and the float ``found_inf`` flag a fused optimizer's
+    step reads in four kernel launches (stack into the record, the flag's zero, GradScaler's non-finite check, ok);
+    skip_unless hands that flag over without another. Then one fused Adam step moves the weights and counts the step
+    exactly when the losses were finite."""
+    model = make_gan(finite_check_every_n_steps=100)
+    d_loss = torch.tensor(0.7)
+    g_loss = torch.tensor(1.2 if bad is None else bad)
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones(3)
+    model.on_train_batch_start(None, 0)  # batch 1 of 100 between host checks
+    model.guard_finite(**{"train/d_loss": d_loss, "train/g_loss": d_loss})  # the first call makes the record
+    with CountKernels() as guarding:
+        ok = model.guard_finite(**{"train/d_loss": d_loss, "train/g_loss": g_loss})
+        model.skip_unless(opt, ok)
+    assert guarding.count <= 4, guarding.count  # was 6: x * 0 == 0, all(), and a float copy of not-ok
+    assert bool(ok) is (bad is None)
+    assert opt.found_inf.dtype == torch.float32 and float(opt.found_inf) == (0.0 if bad is None else 1.0)
+    opt.step()
+    assert torch.equal(weight.detach(), torch.ones(3)) is (bad is not None)
+    assert float(opt.state[weight]["step"]) == (1.0 if bad is None else 0.0)
+    # the record holds the values as they were (the check's unit scale leaves them alone)
+    row = model._loss_records[("train/d_loss", "train/g_loss")].values[1]
+    assert row[0].item() == pytest.approx(0.7) and (row[1].item() == pytest.approx(1.2) if bad is None
+                                                      else not math.isfinite(row[1].item()))
 
 
 def test_buffer_list_follows_the_module_to_a_new_dtype():

@@ -26,6 +26,14 @@ def skips_on_device(optimizer: Any) -> bool:
         all(group.get("fused") for group in getattr(opt, "param_groups", [{}]))
 
 
+def found_inf_of(ok: torch.Tensor) -> torch.Tensor:
+    """The float ``found_inf`` flag (1.0: a loss was non-finite, 0.0: all finite) that a fused optimizer's ``step``
+    reads, for the device boolean ``ok`` of :meth:`GenerativeModule.guard_finite`: the flag the guard computed ``ok``
+    from when it came from there (no kernel launch), else derived from ``ok``."""
+    found = getattr(ok, "_mmexp_found_inf", None)
+    return found if found is not None else (~ok).to(torch.float32)
+
+
 def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give every state tensor of ``optimizer`` that is shaped like its parameter (Adam's moments) the parameter's
     memory layout. A loaded state keeps the strides it was saved with, and the fused optimizers walk a parameter,
@@ -227,6 +235,8 @@ class GenerativeModule(L.LightningModule):
         self._batches_seen = 0
         # modules' ids -> their buffers, flattened (snapshot_buffers); cleared by _apply
         self._buffer_lists: dict[tuple[int, ...], FlatBuffers] = {}
+        # device -> a scalar 1.0 (the unscale factor of guard_finite's check)
+        self._unit: dict[torch.device, torch.Tensor] = {}
         # (ids of the trainer's optimizers, the auto value of finite_check_every_n_steps)
         self._check_every_auto: tuple[tuple[int, ...], int] | None = None
         self._val_rng: torch.Generator | None = None
@@ -350,12 +360,20 @@ class GenerativeModule(L.LightningModule):
             rec = self._loss_records[names] = LossRecord(names, every, device)
         # all the losses stacked straight into the record's next row: a fixed handful of kernel launches per call,
         # however many losses (each launch costs ~10 us of host time, which on a GPU is more than a small model's
-        # step can spare); x * 0 is 0 for a finite x and NaN for an infinite or NaN one: two kernels where
-        # torch.isfinite is four (abs, ne, eq, mul)
+        # step can spare). The check is the one GradScaler uses on gradients (one kernel: it sets a float flag to 1
+        # when any value is non-finite; the scale 1 leaves the values as they are); the flag is what a fused
+        # optimizer's step reads (skip_unless) and ok its negation: four kernel launches a call (stack, the flag's
+        # zero, the check, ok), where torch.isfinite(...).all() and a float copy of its negation take six
         with torch.no_grad():
             vals = torch.stack([(v.detach().reshape(()) if v.numel() == 1 else v.detach().sum()).float()
                                 for v in losses.values()], out=rec.next_row(self.global_step))
-            ok = vals.mul(0).eq(0).all()
+            found = vals.new_zeros(())
+            unit = self._unit.get(vals.device)
+            if unit is None:
+                unit = self._unit[vals.device] = torch.ones((), device=vals.device)
+            torch._amp_foreach_non_finite_check_and_unscale_([vals], found, unit)
+            ok = found.eq(0)
+        ok._mmexp_found_inf = found  # read by skip_unless (found_inf_of)
         if snapshot:
             # restored after the batch's backward passes (spectral-norm vectors are part of the graph)
             pending = self._restore
@@ -372,7 +390,7 @@ class GenerativeModule(L.LightningModule):
         opt = getattr(optimizer, "optimizer", optimizer)  # LightningOptimizer wraps the torch optimizer
         if skips_on_device(opt):
             opt.grad_scale = None
-            opt.found_inf = (~ok).to(torch.float32)
+            opt.found_inf = found_inf_of(ok)
 
     def skip_updates_unless(self, ok: torch.Tensor) -> None:
         """Automatic optimisation: called in ``training_step`` (inside Lightning's optimizer closure, before
@@ -389,7 +407,13 @@ class GenerativeModule(L.LightningModule):
         # one vector per set of keys (a D-only batch logs fewer than a D+G one): two kernel launches a call
         keys = tuple(values)
         with torch.no_grad():
-            vec = torch.stack([v.detach().reshape(()).float() for v in values.values()])
+            # scalars (0-dim float32: what the models log) stack as they are, without per-value Python calls
+            try:
+                vec = torch.stack(list(values.values()))
+            except RuntimeError:  # values of different shapes (a [1] beside 0-dim ones)
+                vec = None
+            if vec is None or vec.shape != (len(keys),) or vec.dtype != torch.float32:
+                vec = torch.stack([v.detach().reshape(()).float() for v in values.values()])
         entry = self._running.get(keys)
         if entry is None:
             self._running[keys] = [vec, 1]
