@@ -91,6 +91,50 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class StepProfile:
+    """``torch.profiler`` over the timed iterations only (it starts when the contestant sets ``active``, as for
+    :class:`OpCounter`): where an iteration's host and device time go. Prints the wall time per iteration, the
+    profiler's table of the ops with the most self device time (self CPU time on a CPU run) and its totals."""
+
+    def __init__(self, name: str, device: str, steps: int, rows: int = 12) -> None:
+        self.name, self.device, self.steps, self.rows = name, torch.device(device), steps, rows
+        self.prof: torch.profiler.profile | None = None
+        self.t0 = self.wall = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def active(self) -> bool:
+        return self.prof is not None
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        if on and self.prof is None:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self._sync()
+            self.prof.start()
+            self.t0 = time.perf_counter()
+
+    def __enter__(self) -> StepProfile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.prof is None or self.wall:
+            return
+        self._sync()
+        self.wall = time.perf_counter() - self.t0
+        self.prof.stop()
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(f"### {self.name}: {1000 * self.wall / self.steps:.3f} ms per iteration under the profiler "
+              f"({self.steps} iterations; divide the totals below by it)")
+        print(self.prof.key_averages().table(sort_by=key, row_limit=self.rows, max_name_column_width=60))
+
+
 class Timer(L.Callback):
     """Timestamps at the start of every ``window``-th batch and at the end of the last one (a CUDA device is
     synchronised at each stamp only, so with ``window`` > 1 the host may run ahead of the GPU in between, as in a
@@ -114,6 +158,8 @@ class Timer(L.Callback):
 
     def on_train_end(self, trainer, module):
         self.stamps.append(self._now(module))
+        if isinstance(self.counter, StepProfile):
+            self.counter.__exit__()  # the timed iterations end here, not with the trainer's teardown
 
 
 def timed(stamps: list[float], warmup: int, window: int = 1) -> list[float]:
@@ -256,6 +302,9 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="convolution weights in channels-last layout, in every contestant (model.channels_last, on "
                         "in model=dcgan/sngan)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: torch.profiler over the timed iterations of mmexp's module, the "
+                        "Lightning floor and the plain loop (self device time per op, or self CPU time on a CPU)")
     p.add_argument("--count", action="store_true",
                    help="instead of timing: count per iteration the ATen ops that do work (kernel launches on a GPU) "
                         "and the reads of tensor values into Python (device syncs on a GPU), in one run of each")
@@ -265,6 +314,12 @@ def main() -> None:
     data = Batches(args.warmup + args.steps, args.batch_size, args.channels, args.image_size)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        # the last iteration stamp of a Lightning contestant is its on_train_end: profile to there
+        run_lightning(args, data, counter=StepProfile("mmexp bare", args.device, args.steps))
+        run_lightning_floor(args, data, counter=StepProfile("lightning", args.device, args.steps))
+        run_plain(args, data, counter=StepProfile("plain loop", args.device, args.steps))
+        return
     if args.count:
         counts = {"mmexp bare": OpCounter(), "mmexp user": OpCounter(), "lightning": OpCounter(),
                   "plain loop": OpCounter()}

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Session 15's second GPU call (the first ran experiments/gpu/bench_step_overhead.sh): where the rest of the step's
+# time goes at 64 px (ablation of mmexp's per-step parts, torch.profiler tables), then bench_gan.py's ratios for the
+# code as it now is. Carry .whl.   run: OUT=$OUT bash experiments/gpu/run_2026-11-27.sh   (about 5 minutes, H200)
+#   dry run here: DEVICE=cpu TINY=1 bash experiments/gpu/run_2026-11-27.sh
+set -u
+OUT=${OUT:-/tmp/gpu_run}; mkdir -p "$OUT"
+DEVICE=${DEVICE:-cuda}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s)-T0 ))s] $*"; }
+if [ "$DEVICE" = cuda ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+fi
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+s64="--batch-size 128 --image-size 64 --base-channels 64"; s32="--batch-size 64 --image-size 32 --base-channels 32"
+if [ "${TINY:-0}" = 1 ]; then s64="--batch-size 2 --image-size 32 --base-channels 4 --latent-dim 16 --threads 1"; s32=$s64; fi
+q() { grep -vE "Warning|warn|val_dataloader|LeafSpec|^\s*$"; }
+echo "### ablation 64"; timeout 150 python3 experiments/gpu/ablate_step.py --device "$DEVICE" $s64 --steps 150 2>&1 | q | tail -9; el
+echo "### profile 64"; timeout 100 python3 benchmarks/bench_gan.py --device "$DEVICE" $s64 --profile --steps 50 --warmup 25 2>&1 \
+  | grep -vE "Warning|warn|val_dataloader|LeafSpec|GPU available|TPU|LOCAL_RANK|litlogger|stopped|^-+ *-" | cut -c1-200; el
+echo "### bench 64 w25"; timeout 100 python3 benchmarks/bench_gan.py --device "$DEVICE" $s64 --steps 200 --warmup 25 --repeats 3 --window 25 2>&1 | grep -E "^device|median|ratio"; el
+echo "### bench 32 w25"; timeout 100 python3 benchmarks/bench_gan.py --device "$DEVICE" $s32 --steps 200 --warmup 25 --repeats 3 --window 25 2>&1 | grep -E "^device|median|ratio"; el
+echo "### ablation 32"; timeout 120 python3 experiments/gpu/ablate_step.py --device "$DEVICE" $s32 --steps 150 2>&1 | q | tail -9; el all done
