@@ -8,16 +8,9 @@
 #   run: OUT=$OUT bash experiments/gpu/bench_step_overhead.sh        (about 6 minutes on an H100)
 #   dry run here: DEVICE=cpu TINY=1 bash experiments/gpu/bench_step_overhead.sh
 set -u
-OUT=${OUT:-/tmp/gpu_bench}; mkdir -p "$OUT"
-DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/gpu_bench}
 R=$PWD
-exec > >(tee -a "$OUT/log.txt") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s)-T0 ))s] $*"; }
-if [ "$DEVICE" = cuda ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-fi
+source experiments/gpu/prologue.sh
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
 export PYTHONUNBUFFERED=1
 b() {  # code(before|after) size window

@@ -4,15 +4,8 @@
 # code as it now is. Carry .whl.   run: OUT=$OUT bash experiments/gpu/run_2026-11-27.sh   (about 5 minutes, H200)
 #   dry run here: DEVICE=cpu TINY=1 bash experiments/gpu/run_2026-11-27.sh
 set -u
-OUT=${OUT:-/tmp/gpu_run}; mkdir -p "$OUT"
-DEVICE=${DEVICE:-cuda}
-exec > >(tee -a "$OUT/log.txt") 2>&1
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s)-T0 ))s] $*"; }
-if [ "$DEVICE" = cuda ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-fi
+OUT=${OUT:-/tmp/gpu_run}
+source experiments/gpu/prologue.sh
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 s64="--batch-size 128 --image-size 64 --base-channels 64"; s32="--batch-size 64 --image-size 32 --base-channels 32"
 if [ "${TINY:-0}" = 1 ]; then s64="--batch-size 2 --image-size 32 --base-channels 4 --latent-dim 16 --threads 1"; s32=$s64; fi
