@@ -456,6 +456,19 @@ def test_the_guard_and_its_skip_flag_take_four_kernels_and_a_fused_step_reads_th
                                                       else not math.isfinite(row[1].item()))
 
 
+def test_training_scalars_of_any_shape_and_dtype_sum_on_the_device():
+    """log_train stacks 0-dim float32 scalars as they are; a [1]-shaped, a float64 or a half value beside them takes
+    the general path, and every value is summed exactly, in the order of its key."""
+    model = make_gan()
+    for values in ({"a": torch.tensor(1.5), "b": torch.tensor(-2.0, requires_grad=True) * 1},
+                   {"a": torch.tensor([0.5]), "b": torch.tensor(1.0, dtype=torch.float64)},
+                   {"a": torch.tensor(2.0, dtype=torch.float16), "b": torch.tensor(0.25)}):
+        model.log_train(values)
+    vec, count = model._running[("a", "b")]
+    assert count == 3 and vec.dtype == torch.float32 and not vec.requires_grad
+    assert vec.tolist() == [4.0, -0.75]
+
+
 def test_buffer_list_follows_the_module_to_a_new_dtype():
     """snapshot_buffers caches each module set's buffer list; ``.double()`` replaces the buffers and must not
     leave the cache restoring into the old float32 tensors."""
