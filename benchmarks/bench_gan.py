@@ -124,6 +124,9 @@ class StepProfile:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         if self.prof is None or self.wall:
             return
         self._sync()
@@ -158,8 +161,9 @@ class Timer(L.Callback):
 
     def on_train_end(self, trainer, module):
         self.stamps.append(self._now(module))
-        if isinstance(self.counter, StepProfile):
-            self.counter.__exit__()  # the timed iterations end here, not with the trainer's teardown
+        stop = getattr(self.counter, "stop", None)
+        if stop is not None:
+            stop()  # a profiler's timed iterations end here, not with the trainer's teardown
 
 
 def timed(stamps: list[float], warmup: int, window: int = 1) -> list[float]:

@@ -4,12 +4,17 @@ Lightning floor and plain loop, all alternating. A part whose removal closes the
 
     python experiments/gpu/ablate_step.py --device cuda --batch-size 128 --image-size 64 --base-channels 64
     python experiments/gpu/ablate_step.py --device cpu --batch-size 2 --base-channels 4 --latent-dim 16 --threads 1
+    # instead of timing, Python-level calls per iteration (cProfile over the timed iterations; exact on any machine)
+    python experiments/gpu/ablate_step.py --calls --device cpu --batch-size 2 --base-channels 4 --latent-dim 16 \
+        --threads 1 --steps 200 --warmup 20 --window 1
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import pstats
 import statistics
 import sys
 from pathlib import Path
@@ -20,6 +25,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_gan as B  # noqa: E402
 
 from mmexp.models.base import GenerativeModule  # noqa: E402
+
+
+class CallCounter:
+    """cProfile over the timed iterations (switched on by the contestant's ``active``, as bench_gan's counters are):
+    how many Python-level calls they made."""
+
+    def __init__(self) -> None:
+        self.prof, self.on = cProfile.Profile(), False
+
+    @property
+    def active(self) -> bool:
+        return self.on
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        if on and not self.on:
+            self.prof.enable()
+            self.on = True
+
+    def __enter__(self) -> CallCounter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:  # called by bench_gan's Timer at the end of the timed iterations
+        if self.on:
+            self.prof.disable()
+            self.on = False
+
+    def calls(self) -> int:
+        return sum(v[1] for v in pstats.Stats(self.prof).stats.values())
 
 
 @contextlib.contextmanager
@@ -41,6 +78,7 @@ def main() -> None:
                           ("--threads", 0), ("--window", 25)):
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--calls", action="store_true", help="count Python-level calls per iteration instead of timing")
     args = p.parse_args()
     args.channels_last = False
     if args.threads:
@@ -60,6 +98,16 @@ def main() -> None:
         "none of them": {"snapshot_buffers": lambda self, *m: None, "guard_finite": ok,
                          "skip_unless": staticmethod(lambda opt, ok: None), "log_train": lambda self, values: None},
     }
+    if args.calls:
+        counted = {"as is": {}, "none of them": variants["none of them"]}
+        for name, attrs in counted.items():
+            with patched(**attrs), CallCounter() as c:
+                B.run_lightning(args, data, counter=c)
+            print(f"{name:20s}: {c.calls() / args.steps:8.1f} Python calls per iteration", flush=True)
+        with CallCounter() as c:
+            B.run_lightning_floor(args, data, counter=c)
+        print(f"{'lightning':20s}: {c.calls() / args.steps:8.1f} Python calls per iteration")
+        return
     times: dict[str, list[float]] = {k: [] for k in [*variants, "lightning", "plain loop"]}
     for _ in range(args.repeats):
         for name, attrs in variants.items():
