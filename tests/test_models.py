@@ -469,6 +469,44 @@ def test_training_scalars_of_any_shape_and_dtype_sum_on_the_device():
     assert vec.tolist() == [4.0, -0.75]
 
 
+def test_step_logs_reach_the_logger_and_callback_metrics_without_lightnings_result_collection(tmp_path):
+    """Every log_every_n_steps batches the means since the last log go straight to the loggers, at the step and with
+    the epoch Lightning gives on-step logs, and into the trainer's callback metrics (monitors, metrics.json); not
+    through self.log, whose result collection costs ~11,000 Python calls a flush (benchmarks/README.md)."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = make_gan()
+    seen: list[float] = []  # every batch's d_loss as guarded, to compute the expected means
+    guard = model.guard_finite
+
+    def recording_guard(snapshot=None, **losses):
+        if "train/g_loss" not in losses:
+            seen.append(float(losses["train/d_loss"]))
+        return guard(snapshot, **losses)
+
+    model.guard_finite = recording_guard
+    on_step_logs = []
+    log = model.log
+    model.log = lambda name, value, *a, **k: (on_step_logs.append(name) if k.get("on_step") else None,
+                                               log(name, value, *a, **k))[1]
+    t = L.Trainer(max_steps=16, accelerator="cpu", logger=CSVLogger(tmp_path, name="", version=""),
+                  log_every_n_steps=2, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    t.fit(model, loader(n=64))
+    assert on_step_logs == []
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/d_loss")]
+    # 8 batches (a D and a G step each), a log every 2 batches, at Lightning's steps 1, 3, 5, 7
+    assert [int(r["step"]) for r in rows[:4]] == [1, 3, 5, 7] and all(r["epoch"] == "0" for r in rows)
+    for i, r in enumerate(rows[:4]):
+        assert float(r["train/d_loss"]) == pytest.approx(sum(seen[2 * i:2 * i + 2]) / 2, rel=1e-5)
+    # what monitors and metrics.json see: the last mean logged (the epoch ended on a log step, nothing was left)
+    assert len(rows) == 4 and len(seen) == 8
+    assert t.callback_metrics["train/d_loss"].item() == pytest.approx(sum(seen[6:]) / 2, rel=1e-5)
+
+
 def test_buffer_list_follows_the_module_to_a_new_dtype():
     """snapshot_buffers caches each module set's buffer list; ``.double()`` replaces the buffers and must not
     leave the cache restoring into the old float32 tensors."""

@@ -442,8 +442,16 @@ class GenerativeModule(L.LightningModule):
         # which for a GPU tensor is a device sync per step (the host then waits for the GPU instead of queuing the
         # next step's work). mmexp.callbacks.ProgressBar shows these numbers instead.
         self.progress_values = {k: v / n for k, (v, n) in total.items()}
-        means = torch.tensor(list(self.progress_values.values()), dtype=torch.float32)
-        self.log_dict(dict(zip(total, means.unbind())), on_step=on_step, on_epoch=not on_step, prog_bar=False)
+        means = dict(zip(total, torch.tensor(list(self.progress_values.values()), dtype=torch.float32).unbind()))
+        if not on_step:
+            self.log_dict(means, on_step=False, on_epoch=True, prog_bar=False)
+            return
+        # On a step, straight to where Lightning's self.log would put them: the loggers, at the step and with the epoch
+        # Lightning gives on-step logs (its logger connector's log_metrics, which also keeps them as logged metrics),
+        # and the trainer's callback metrics (monitors, metrics.json). Going through self.log costs ~2,000 Python
+        # calls per key in Lightning's result collection (benchmarks/README.md): host time a GPU step cannot spare.
+        self.trainer.callback_metrics.update(means)
+        self.trainer._logger_connector.log_metrics(means)
 
     def _should_log_now(self) -> bool:
         trainer = self.trainer
