@@ -443,8 +443,8 @@ class GenerativeModule(L.LightningModule):
         # next step's work). mmexp.callbacks.ProgressBar shows these numbers instead.
         self.progress_values = {k: v / n for k, (v, n) in total.items()}
         means = dict(zip(total, torch.tensor(list(self.progress_values.values()), dtype=torch.float32).unbind()))
-        if not on_step:
-            self.log_dict(means, on_step=False, on_epoch=True, prog_bar=False)
+        if not on_step or self._trainer is None:  # the epoch's means; or a module outside a Trainer: no loggers
+            self.log_dict(means, on_step=on_step, on_epoch=not on_step, prog_bar=False)
             return
         # On a step, straight to where Lightning's self.log would put them: the loggers, at the step and with the epoch
         # Lightning gives on-step logs (its logger connector's log_metrics, which also keeps them as logged metrics),
