@@ -21,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mmexp.checkpoint import load_checkpoint
-from mmexp.data.shapes import ShapesDataset
 from mmexp.metrics.frechet import frechet_distance_from_features
 from mmexp.metrics.networks import MetricNetworks
 
@@ -34,11 +33,7 @@ def main(run: str) -> None:
     model = instantiate(cfg.model)
     model.load_state_dict(load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))["state_dict"])
     model.eval()
-    data = cfg.data.dataset
-    val = ShapesDataset("val", image_size=cfg.data.image_size, channels=cfg.data.channels, num_train=data.num_train,
-                        num_val=data.num_val, num_test=data.num_test, min_shapes=data.min_shapes,
-                        max_shapes=data.max_shapes, seed=cfg.data.seed,
-                        cache_dir=os.path.expanduser("~/.cache/mmexp/datasets"))
+    val = instantiate(cfg.data.dataset)("val")  # the run's own dataset config: the split its protocol scores against
     nets = MetricNetworks()
 
     def features(x: torch.Tensor) -> torch.Tensor:
