@@ -3,6 +3,10 @@ from one another. The paper's DCGAN, the default before, collapsed to near-ident
 shapes data (the same 192 iterations as below: per-image mean colour std 0.004, per-pixel std 0.04;
 session 11's SN-DCGAN default, width 16: 0.25 and 0.28)."""
 
+import csv
+import math
+
+import torch
 
 import mmexp
 from tests.conftest import FAST, compose_cfg, run_cli
@@ -36,3 +40,29 @@ def test_a_tiny_default_run_does_not_collapse(tmp_path):
     per_pixel_std = x.std(0).mean().item()  # 0 for a constant image
     mean_colour_std = x.mean((2, 3)).std(0).mean().item()  # backgrounds (most of each image) differ
     assert per_pixel_std > 0.1 and mean_colour_std > 0.03, (per_pixel_std, mean_colour_std)
+
+
+def test_the_default_runs_its_manual_steps_straight_to_torch(tmp_path, monkeypatch):
+    """`python -m mmexp` as a user runs it (progress bar, CSV logger, every default callback): nothing listens on
+    the way through backward and the optimizer step, so none of its steps goes through Lightning's strategy
+    (GenerativeModule.direct_steps: ~400 Python calls a batch fewer), yet Lightning counts every step."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from mmexp.models.base import GenerativeModule
+    from mmexp.train import train
+
+    through_lightning, decided = [], []
+    backward = SingleDeviceStrategy.backward
+    monkeypatch.setattr(SingleDeviceStrategy, "backward",
+                        lambda self, *a, **k: (through_lightning.append(1), backward(self, *a, **k))[1])
+    direct = GenerativeModule.direct_steps
+    monkeypatch.setattr(GenerativeModule, "direct_steps", lambda self: (decided.append(direct(self)), decided[-1])[1])
+    cfg = compose_cfg(tmp_path, "trainer=cpu", "trainer.enable_progress_bar=true", "logger=csv", "metrics=none",
+                      "data.dataset.num_train=256", "data.dataset.num_val=64", "trainer.max_steps=12")
+    train(cfg)
+    assert decided and all(decided) and through_lightning == []
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 12
+    with open(next((tmp_path / "run").rglob("metrics.csv"))) as f:
+        logged = [r for r in csv.DictReader(f) if r.get("train/d_loss")]
+    assert logged and all(math.isfinite(float(r["train/d_loss"])) for r in logged)

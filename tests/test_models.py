@@ -507,6 +507,78 @@ def test_step_logs_reach_the_logger_and_callback_metrics_without_lightnings_resu
     assert t.callback_metrics["train/d_loss"].item() == pytest.approx(sum(seen[6:]) / 2, rel=1e-5)
 
 
+class HookCounter(L.Callback):
+    """Listens to the hooks Lightning calls on the way through backward and the optimizer step."""
+
+    def __init__(self):
+        self.calls = {"on_before_backward": 0, "on_after_backward": 0, "on_before_optimizer_step": 0}
+
+    def on_before_backward(self, trainer, module, loss):
+        self.calls["on_before_backward"] += 1
+
+    def on_after_backward(self, trainer, module):
+        self.calls["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.calls["on_before_optimizer_step"] += 1
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_manual_steps_skip_lightnings_strategy_only_when_nothing_listens_and_update_the_same(precision):
+    """With nothing to call on the way (one device, no GradScaler, no callback or module hook on backward and the
+    optimizer step), the GAN's backward and optimizer steps go straight to torch (~400 Python calls a batch fewer,
+    benchmarks/README.md); a callback that listens gets every hook, through Lightning, and the weights, the
+    optimizer states and Lightning's step count come out the same either way."""
+    runs = {}
+    for listen in (False, True):
+        torch.manual_seed(0)
+        model, hooks = make_gan(), HookCounter()
+        t = L.Trainer(max_steps=8, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=[hooks] if listen else [])
+        through_lightning = []
+        backward = t.strategy.backward
+        t.strategy.backward = lambda *a, **k: (through_lightning.append(1), backward(*a, **k))[1]
+        t.fit(model, loader())
+        assert model.direct_steps() is (not listen)
+        # 4 batches, a D and a G step each
+        assert t.global_step == 8
+        assert len(through_lightning) == (8 if listen else 0)
+        assert hooks.calls == (dict.fromkeys(hooks.calls, 8) if listen else dict.fromkeys(hooks.calls, 0))
+        runs[listen] = (model.state_dict(), [o.state_dict() for o in t.optimizers])
+    (w0, o0), (w1, o1) = runs[False], runs[True]
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    for a, b in zip(o0, o1):
+        for p, state in a["state"].items():
+            assert all(torch.equal(v, b["state"][p][k]) for k, v in state.items())
+
+
+def test_manual_steps_go_through_lightning_with_a_grad_scaler_a_hooked_module_or_another_strategy():
+    """Whatever would act on the way keeps Lightning's path: a GradScaler (16-bit mixed precision scales the loss
+    and unscales before the step), a module that overrides a hook or ``backward``, a multi-device strategy."""
+    model = make_gan()
+    t = L.Trainer(max_steps=2, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    t.fit(model, loader())
+    assert model.direct_steps()
+    t.strategy.precision_plugin.scaler = torch.amp.GradScaler("cpu")  # as 16-mixed on a GPU has
+    model._direct = None
+    assert not model.direct_steps()
+
+    class Hooked(GAN):
+        def on_after_backward(self):
+            pass
+
+    hooked = Hooked(*[getattr(model, k) for k in ("generator", "discriminator", "loss")], adam, adam)
+    t = trainer()
+    t.fit(hooked, loader())
+    assert not hooked.direct_steps()
+    from lightning.pytorch.strategies import DDPStrategy
+    model._direct = None
+    model._trainer = type("T", (), {"strategy": DDPStrategy(), "callbacks": []})()
+    assert not model.direct_steps()
+
+
 def test_buffer_list_follows_the_module_to_a_new_dtype():
     """snapshot_buffers caches each module set's buffer list; ``.double()`` replaces the buffers and must not
     leave the cache restoring into the old float32 tensors."""

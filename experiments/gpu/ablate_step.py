@@ -92,6 +92,8 @@ def main() -> None:
 
     variants = {
         "as is": {},
+        # backward and the optimizer steps through Lightning's strategy and hooks, as before session 16
+        "via Lightning's steps": {"direct_steps": lambda self: False},
         "no buffer snapshot": {"snapshot_buffers": lambda self, *m: None},
         "no guard": {"guard_finite": ok, "skip_unless": staticmethod(lambda opt, ok: None)},
         "no log_train": {"log_train": lambda self, values: None},
@@ -99,7 +101,8 @@ def main() -> None:
                          "skip_unless": staticmethod(lambda opt, ok: None), "log_train": lambda self, values: None},
     }
     if args.calls:
-        counted = {"as is": {}, "none of them": variants["none of them"]}
+        counted = {"as is": {}, "via Lightning's steps": variants["via Lightning's steps"],
+                   "none of them": variants["none of them"]}
         for name, attrs in counted.items():
             with patched(**attrs), CallCounter() as c:
                 B.run_lightning(args, data, counter=c)

@@ -240,6 +240,8 @@ class GenerativeModule(L.LightningModule):
         # (ids of the trainer's optimizers, the auto value of finite_check_every_n_steps)
         self._check_every_auto: tuple[tuple[int, ...], int] | None = None
         self._val_rng: torch.Generator | None = None
+        # (trainer, whether manual optimisation may bypass its strategy: direct_steps)
+        self._direct: tuple[Any, bool] | None = None
         #: global step of the last finished validation (None: none yet in this process)
         self.validated_step: int | None = None
 
@@ -391,6 +393,64 @@ class GenerativeModule(L.LightningModule):
         if skips_on_device(opt):
             opt.grad_scale = None
             opt.found_inf = found_inf_of(ok)
+
+    def step_unless(self, optimizer: Any, ok: torch.Tensor) -> None:
+        """Manual optimisation: ``optimizer.step()`` that is a no-op on the device unless ``ok`` (:meth:`skip_unless`).
+
+        Lightning's ``LightningOptimizer.step`` runs the optimizer through the strategy and the precision plugin
+        (a closure, the ``on_before_optimizer_step`` hooks, gradient clipping, which manual optimisation leaves to
+        the module): ~180 Python calls a step, host time that a GPU step spends waiting. When none of that can
+        change the update (:meth:`direct_steps`), the torch optimizer steps directly, between the two calls by
+        which Lightning's loop counts the step (``global_step``, the profiler's ``optimizer_step``); the update is
+        the same."""
+        self.skip_unless(optimizer, ok)
+        if self.direct_steps() and hasattr(optimizer, "_on_before_step") and hasattr(optimizer, "optimizer"):
+            optimizer._on_before_step()
+            optimizer.optimizer.step()
+            optimizer._on_after_step()
+        else:
+            optimizer.step()
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` directly when Lightning's way there (the strategy's and the precision plugin's
+        ``backward`` and the ``on_before_backward`` / ``on_after_backward`` hooks, ~240 Python calls) would add
+        nothing (:meth:`direct_steps`); else Lightning's :meth:`~lightning.pytorch.LightningModule.manual_backward`."""
+        if self.direct_steps():
+            loss.backward(*args, **kwargs)
+        else:
+            super().manual_backward(loss, *args, **kwargs)
+
+    def direct_steps(self) -> bool:
+        """Whether :meth:`manual_backward` and :meth:`step_unless` may skip Lightning's strategy and precision
+        plugin: a fit on one device (``SingleDeviceStrategy``: no DDP gradient hooks to prepare), in a precision
+        that neither scales losses nor changes the step (32, 64 or 16/bf16 without a ``GradScaler``), and no
+        callback or module method that Lightning would call on the way (``on_before_backward``,
+        ``on_after_backward``, ``on_before_optimizer_step``, ``backward``). Decided once per trainer."""
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        cached = self._direct
+        if cached is not None and cached[0] is trainer:
+            return cached[1]
+        from lightning.pytorch.callbacks import Callback
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        strategy = trainer.strategy
+        plugin = strategy.precision_plugin
+        plain = all(
+            getattr(type(plugin), name) is getattr(Precision, name)
+            or (isinstance(plugin, MixedPrecision) and plugin.scaler is None
+                and getattr(type(plugin), name) is getattr(MixedPrecision, name))
+            for name in ("pre_backward", "backward", "post_backward", "optimizer_step", "_wrap_closure",
+                         "_after_closure"))
+        hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+        listened = any(getattr(type(cb), h, None) is not getattr(Callback, h) for cb in trainer.callbacks for h in hooks)
+        listened |= any(getattr(type(self), h) is not getattr(L.LightningModule, h) for h in (*hooks, "backward"))
+        direct = (type(strategy) is SingleDeviceStrategy and plain and not listened and not self.automatic_optimization
+                  and getattr(self, "_fabric", None) is None)
+        self._direct = (trainer, direct)
+        return direct
 
     def skip_updates_unless(self, ok: torch.Tensor) -> None:
         """Automatic optimisation: called in ``training_step`` (inside Lightning's optimizer closure, before

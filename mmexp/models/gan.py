@@ -142,8 +142,7 @@ class AdversarialTraining:
         ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss})
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
-        self.skip_unless(opt_d, ok)
-        opt_d.step()
+        self.step_unless(opt_d, ok)
         if self._sched.get("d") is not None:
             self._sched["d"].step()
         logs = {"train/d_loss": d_loss, **d_out.named("train/loss/d"),
@@ -162,8 +161,7 @@ class AdversarialTraining:
                 ok = self.guard_finite(snapshot, **{"train/d_loss": d_loss, "train/g_loss": g_loss})
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
-                self.skip_unless(opt_g, ok)
-                opt_g.step()
+                self.step_unless(opt_g, ok)
             finally:
                 self.discriminator.requires_grad_(True)
             if self._sched.get("g") is not None:

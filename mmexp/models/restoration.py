@@ -403,8 +403,7 @@ class RestorationModel(Restorer):
         finally:
             if d is not None:
                 d.requires_grad_(True)
-        self.skip_unless(opt, ok)
-        opt.step()
+        self.step_unless(opt, ok)
         if self._sched.get("g") is not None:
             self._sched["g"].step()
         if self.ema is not None:
@@ -421,8 +420,7 @@ class RestorationModel(Restorer):
             ok_d = self.guard_finite(snapshot, **{"train/loss": out.total, "train/d_loss": d_out.total})
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_out.total)
-            self.skip_unless(opt_d, ok_d)
-            opt_d.step()
+            self.step_unless(opt_d, ok_d)
             if self._sched.get("d") is not None:
                 self._sched["d"].step()
             logs.update({"train/d_loss": d_out.total, **d_out.named("train/loss/d"),
