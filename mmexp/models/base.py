@@ -204,8 +204,9 @@ class GenerativeModule(L.LightningModule):
             to their parameters': :func:`match_param_layout`). Default: False.
 
     Subclasses define ``image_shape``, call :meth:`check_batch`, :meth:`guard_finite`,
-    :meth:`skip_unless` and :meth:`log_train` in their steps, and build optimizers with
-    :meth:`build_optimizer`.
+    :meth:`skip_unless` (or, in manual optimisation, :meth:`step_unless`: the step itself) and :meth:`log_train` in
+    their steps, and build optimizers with :meth:`build_optimizer`. In manual optimisation, :meth:`manual_backward`
+    and :meth:`step_unless` go straight to torch when nothing in Lightning's path would act (:meth:`direct_steps`).
     """
 
     #: batch keys the model consumes (see docs/interfaces.md)
