@@ -6,9 +6,6 @@
 set -u
 OUT=${OUT:-/tmp/gpu_run}
 source experiments/gpu/prologue.sh
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-s64="--batch-size 128 --image-size 64 --base-channels 64"; s32="--batch-size 64 --image-size 32 --base-channels 32"
-if [ "${TINY:-0}" = 1 ]; then s64="--batch-size 2 --image-size 32 --base-channels 4 --latent-dim 16 --threads 1"; s32=$s64; fi
 q() { grep -vE "Warning|warn|val_dataloader|LeafSpec|^\s*$"; }
 echo "### ablation 64"; timeout 150 python3 experiments/gpu/ablate_step.py --device "$DEVICE" $s64 --steps 150 2>&1 | q | tail -9; el
 echo "### profile 64"; timeout 100 python3 benchmarks/bench_gan.py --device "$DEVICE" $s64 --profile --steps 50 --warmup 25 2>&1 \

@@ -7,11 +7,8 @@
 set -u
 OUT=${OUT:-/tmp/gpu_run}
 source experiments/gpu/prologue.sh
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-s64="--batch-size 128 --image-size 64 --base-channels 64"; s32="--batch-size 64 --image-size 32 --base-channels 32"
 steps="--steps 200 --warmup 25"; asteps="--steps 150"; dflt="trainer.max_epochs=80"
 if [ "${TINY:-0}" = 1 ]; then
-  s64="--batch-size 2 --image-size 32 --base-channels 4 --latent-dim 16 --threads 1"; s32=$s64
   steps="--steps 50 --warmup 25"; asteps="--steps 50"; dflt="trainer.max_epochs=1"
 fi
 q() { grep -vE "Warning|warn|val_dataloader|LeafSpec|^\s*$"; }

@@ -6,11 +6,9 @@
 set -u
 OUT=${OUT:-/tmp/gpu_run}
 source experiments/gpu/prologue.sh
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-s64="--batch-size 128 --image-size 64 --base-channels 64"; s32="--batch-size 64 --image-size 32 --base-channels 32"
 steps="--steps 200 --warmup 25"
 if [ "${TINY:-0}" = 1 ]; then
-  s64="--batch-size 2 --image-size 32 --base-channels 4 --latent-dim 16 --threads 1"; s32=$s64; steps="--steps 50 --warmup 25"
+  steps="--steps 50 --warmup 25"
 fi
 echo "### bench 64 w25 x5"; timeout 150 python3 benchmarks/bench_gan.py --device "$DEVICE" $s64 $steps --repeats 5 --window 25 2>&1 | grep -E "^device|median|ratio"; el
 echo "### bench 32 w25 x5"; timeout 110 python3 benchmarks/bench_gan.py --device "$DEVICE" $s32 $steps --repeats 5 --window 25 2>&1 | grep -E "^device|median|ratio"; el all done
