@@ -33,8 +33,12 @@ p.add_argument("--beta2", type=float, default=0.999); p.add_argument("--tag", de
 p.add_argument("--decay_start", type=float, default=0.0); p.add_argument("--ndata", type=int, default=4096)
 p.add_argument("--cache", default=os.path.expanduser("~/.cache/mmexp/default_gan_budget_val_features.pt")); p.add_argument("--decay_lr", type=int, default=0)
 p.add_argument("--dstd", type=int, default=0, help="SNGAN's standard CNN D: a 3x3 stride-1 conv before each stride-2 one")
-p.add_argument("--sn", type=int, default=1); p.add_argument("--loss", default="hinge", choices=["hinge", "ns"])
+p.add_argument("--sn", type=int, default=1)
+p.add_argument("--loss", default="hinge", choices=["hinge", "ns", "rp"],
+               help="rp: relativistic pairing (RpGAN; R3GAN, Huang et al. 2024): softplus of the paired logit gaps")
 p.add_argument("--r1", type=float, default=0.0); p.add_argument("--r1_every", type=int, default=4)
+p.add_argument("--r2", type=float, default=0.0, help="R2: the gradient penalty on the fakes (lazy, as R1)")
+p.add_argument("--beta1", type=float, default=0.0); p.add_argument("--gsn", type=int, default=0, help="spectral norm in G")
 p.add_argument("--augment", default="", help="DiffAugment policies, comma-separated, e.g. translation")
 p.add_argument("--upsample", default="nearest", choices=["nearest", "pixel_shuffle", "transposed"], help="G's upsampling")
 p.add_argument("--dnorm", default="bn", choices=["bn", "none", "joint"],
@@ -127,8 +131,11 @@ if a.dself:
                    nn.ReLU(True) if i < 2 else nn.Tanh()]
     dec = nn.Sequential(*layers)
     if a.cl: dec = dec.to(memory_format=torch.channels_last)
-og = torch.optim.Adam(G.parameters(), a.lr, betas=(0.0, a.beta2), fused=True)
-od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(0.0, a.beta2), fused=True)
+if a.gsn:  # SAGAN / BigGAN: spectral norm in G's convolutions too
+    for m in [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]:
+        torch.nn.utils.parametrizations.spectral_norm(m)
+og = torch.optim.Adam(G.parameters(), a.lr, betas=(a.beta1, a.beta2), fused=True)
+od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(a.beta1, a.beta2), fused=True)
 def noise(n, generator=None):
     z = torch.randn(n, a.latent, generator=generator)
     if a.cat:  # a discrete switch: G can jump between the data's modes instead of crossing the gaps between them
@@ -154,25 +161,40 @@ while True:
         else:
             with torch.no_grad(): fake = G(z)
         r1_now = a.r1 > 0 and it % a.r1_every == 0
+        r2_now = a.r2 > 0 and it % a.r1_every == 0
         if r1_now: real = real.detach().requires_grad_(True)
+        if r2_now: fake = fake.detach().requires_grad_(True)
         if a.dnorm == "joint":
             dr, df = D(torch.cat([real, fake])).split(a.bs)
         elif dec is not None:
             hr = D.features(real); dr = D.head(hr).flatten(); df = D(fake)
         else:
             dr, df = D(real), D(fake)
-        ld = (F.relu(1 - dr).mean() + F.relu(1 + df).mean()) if a.loss == "hinge" else (F.softplus(-dr).mean() + F.softplus(df).mean())
+        if a.loss == "hinge":
+            ld = F.relu(1 - dr).mean() + F.relu(1 + df).mean()
+        elif a.loss == "rp":
+            ld = F.softplus(-(dr - df)).mean()
+        else:
+            ld = F.softplus(-dr).mean() + F.softplus(df).mean()
         if dec is not None:
             ld = ld + a.dself * F.mse_loss(dec(hr).float(), real.detach().float())
         if r1_now:  # lazy R1 (Mescheder et al. 2018; StyleGAN2's lazy schedule): gamma/2 * |grad_x D(x)|^2
             grad, = torch.autograd.grad(dr.float().sum(), real, create_graph=True)
             ld = ld + a.r1 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
+        if r2_now:
+            grad, = torch.autograd.grad(df.float().sum(), fake, create_graph=True)
+            ld = ld + a.r2 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
     od.zero_grad(set_to_none=True); ld.backward(); od.step()
     with ac():
         if not a.reuse: fake_g = G(noise(a.bs))
         D.requires_grad_(False)
         dg = D(torch.cat([real.detach(), fake_g]))[a.bs:] if a.dnorm == "joint" else D(fake_g)
-        lg = -dg.float().mean() if a.loss == "hinge" else F.softplus(-dg.float()).mean(); D.requires_grad_(True)
+        if a.loss == "rp":  # the pairs' real logits under the updated D (no gradient: G's loss moves G only)
+            with torch.no_grad(): dr_g = D(real.detach())
+            lg = F.softplus(-(dg.float() - dr_g.float())).mean()
+        else:
+            lg = -dg.float().mean() if a.loss == "hinge" else F.softplus(-dg.float()).mean()
+        D.requires_grad_(True)
     og.zero_grad(set_to_none=True); lg.backward(); og.step()
     ema.update(it)
     it += 1

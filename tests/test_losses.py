@@ -16,10 +16,10 @@ from torch import nn
 
 import mmexp
 from mmexp.config import build as build_object
-from mmexp.errors import ConfigError
+from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.losses import LossSet, LossTerm
 from mmexp.losses.adversarial import (
-    GradientPenalty, HingeLoss, NonSaturatingLoss, R1Penalty, WassersteinLoss,
+    GradientPenalty, HingeLoss, NonSaturatingLoss, R1Penalty, RelativisticPairingLoss, WassersteinLoss,
 )
 from mmexp.losses.kl import GaussianKL
 from mmexp.losses.perceptual import PerceptualLoss
@@ -354,6 +354,53 @@ def test_models_reject_losses_they_cannot_use(tmp_path):
     with pytest.raises(ConfigError, match="codebook"):
         build(tmp_path, "model=vqvae", "model.quantizer.ema=false", "~loss.terms.codebook",
               *TINY["vqvae"])
+
+
+def test_relativistic_pairing_ranks_each_real_above_its_fake():
+    """RpGAN: D pays softplus(C(fake_i) - C(real_i)) per pair, G the reverse; a ranking, so adding a constant to
+    every logit changes nothing (the non-saturating loss does change)."""
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.5, -3.0, 1.5])
+    rp, sp = RelativisticPairingLoss(), F.softplus
+    torch.testing.assert_close(rp.d_loss(real, fake), torch.stack([sp(torch.tensor(-1.5)), sp(torch.tensor(-2.0)),
+                                                                  sp(torch.tensor(1.0))]).mean())
+    torch.testing.assert_close(rp(fake, real), sp(real - fake).mean())
+    torch.testing.assert_close(rp.d_loss(real + 7, fake + 7), rp.d_loss(real, fake))
+    assert not torch.allclose(NonSaturatingLoss().d_loss(real + 7, fake + 7), NonSaturatingLoss().d_loss(real, fake))
+    assert rp.sides() == ("model", "discriminator")
+    with pytest.raises(ShapeMismatchError, match=r"real \(3,\) and fake \(2,\)"):
+        rp.d_loss(real, fake[:2])
+
+
+def test_a_gan_with_a_relativistic_loss_gives_g_the_real_logits_of_the_updated_d(tmp_path):
+    """A generator term that takes ``real_logits`` (RpGAN, RaGAN) gets D's logits on the batch's real images
+    under the D its step just updated, without gradient (G's update must not reach D); ``loss=gan_rp_r1`` trains."""
+    import lightning as L
+
+    from tests.test_models import loader, make_gan
+
+    seen = []
+
+    class Recording(RelativisticPairingLoss):
+        def forward(self, fake_logits, real_logits):
+            model.discriminator.requires_grad_(True)
+            with torch.no_grad():
+                expect = critic(batch_real[-2], None)  # [-1]: the fakes, scored for this call's fake_logits
+            model.discriminator.requires_grad_(False)
+            seen.append((real_logits.requires_grad, torch.allclose(real_logits, expect)))
+            return super().forward(fake_logits, real_logits)
+
+    batch_real = []
+    model = make_gan(loss=LossSet({"adversarial": Recording()}))
+    critic = model.critic
+    model.critic = lambda images, condition: (batch_real.append(images), critic(images, condition))[1]
+    model.discriminator.eval()  # BatchNorm with running statistics: the same logits for the same images
+    model.discriminator.train = lambda mode=True: model.discriminator  # stays in eval mode
+    L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(model, loader())
+    assert seen == [(False, True), (False, True)]
+    metrics = train(compose_cfg(tmp_path, *FAST, *TINY["dcgan"], *SMALL_SHAPES, "loss=gan_rp_r1", "metrics=none",
+                                "trainer.max_steps=8"))
+    assert math.isfinite(metrics["train/g_loss"]) and math.isfinite(metrics["train/loss/d/r1"])
 
 
 def test_gan_passes_the_discriminator_step_index():

@@ -16,6 +16,9 @@ Adversarial terms act on both sides: ``d_loss(real_logits, fake_logits)`` is the
 - :class:`RelativisticAverageLoss`: Jolicoeur-Martineau, "The relativistic discriminator: a key element
   missing from standard GAN", ICLR 2019, as ESRGAN uses it: D judges whether a real image is more
   realistic than the average fake (and the reverse); the generator's side needs ``real_logits`` too.
+- :class:`RelativisticPairingLoss`: the same paper's paired form (RpGAN), as R3GAN (Huang et al., "The GAN is
+  dead; long live the GAN!", NeurIPS 2024) uses it with R1 and R2: D ranks each real image above a generated
+  one; the generator's side needs ``real_logits`` too.
 
 :class:`FeatureMatchingLoss` (Wang et al., "pix2pixHD", CVPR 2018) acts on the generator only: L1 between the
 discriminator's intermediate features of the real and the generated image.
@@ -45,7 +48,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mmexp.errors import ConfigError
+from mmexp.errors import ConfigError, ShapeMismatchError
 from mmexp.losses.base import LossTerm
 
 Tensor = torch.Tensor
@@ -186,6 +189,36 @@ class RelativisticAverageLoss(LossTerm):
         real_rel = real_logits - fake_logits.mean()
         fake_rel = fake_logits - real_logits.mean()
         return 0.5 * (F.softplus(real_rel).mean() + F.softplus(-fake_rel).mean())
+
+
+class RelativisticPairingLoss(LossTerm):
+    """Relativistic pairing GAN loss (RpGAN; Jolicoeur-Martineau 2019, with the logistic ``f``), the objective of
+    R3GAN (Huang et al. 2024): each real image is paired with a generated one, and D learns that the real one
+    scores higher, G that the generated one does. With ``C`` the raw logits, D minimises
+    ``E[softplus(C(fake) - C(real))]`` and G ``E[softplus(C(real) - C(fake))]``. Unlike the non-saturating loss,
+    D's optimum does not push every fake down on its own; it ranks pairs, which R3GAN found to keep more modes.
+    Pair it with R1 (and optionally R2) as R3GAN does.
+
+    Args:
+        weight (float): weight of the term on both sides. Default: 1.0.
+
+    ``forward(fake_logits, real_logits)``: the model passes D's logits on its real batch, detached (G's update
+    must not reach D); pairs are by batch index, so both batches have the same size.
+    """
+
+    @staticmethod
+    def _check(real_logits: Tensor, fake_logits: Tensor) -> None:
+        if real_logits.shape != fake_logits.shape:
+            raise ShapeMismatchError(f"RelativisticPairingLoss pairs real and fake logits by index: got real "
+                                     f"{tuple(real_logits.shape)} and fake {tuple(fake_logits.shape)}")
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        self._check(real_logits, fake_logits)
+        return F.softplus(fake_logits - real_logits).mean()
+
+    def forward(self, fake_logits: Tensor, real_logits: Tensor) -> Tensor:
+        self._check(real_logits, fake_logits)
+        return F.softplus(real_logits - fake_logits).mean()
 
 
 class FeatureMatchingLoss(LossTerm):

@@ -44,6 +44,8 @@ class AdversarialTraining:
             raise ConfigError(f"{name}: loss must be a LossSet with an adversarial term (terms on the "
                               f"discriminator and the generator), got {loss!r}; choose {losses_hint}")
         self.loss = loss
+        # a generator term that compares with the real images' logits (relativistic losses)
+        self._g_wants_real_logits = "real_logits" in loss.input_names("model")
         self.latent_dim = int(generator.latent_dim)
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
@@ -155,6 +157,11 @@ class AdversarialTraining:
             try:
                 if not reuse:
                     fake_g, g_inputs = self.synthesize(b, condition)
+                if self._g_wants_real_logits:
+                    # relativistic terms (RpGAN, RaGAN) compare with D's logits on the real batch, under the D just
+                    # updated, as its D step saw them (augmented); no gradient: G's update must not reach D
+                    with torch.no_grad():
+                        g_inputs = {**g_inputs, "real_logits": self.critic(real, condition)}
                 g_out = self.loss(fake_logits=self.critic(self.discriminator_view(fake_g), condition), fake=fake_g,
                                   **g_inputs)
                 g_loss = g_out.total
