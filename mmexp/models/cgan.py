@@ -37,7 +37,8 @@ class ConditionalGAN(AdversarialTraining, ConditionalModule):
     D(images, c)`` with the batch's conditions: WGAN-GP and R1 work unchanged), ``conditional_discriminator``
     (``(images, c) -> logits``) and ``condition`` (``c``, ``[B, dim]``), so the matching-aware terms
     (:mod:`mmexp.losses.matching`) make their mismatching pairs themselves; generator terms receive
-    ``fake_logits``, ``fake`` and, with conditioning augmentation, ``mu``/``logvar`` (its KL term).
+    ``fake_logits``, ``fake``, ``real_logits`` when a term asks for them (relativistic losses) and, with
+    conditioning augmentation, ``mu``/``logvar`` (its KL term).
 
     The condition vector is the conditioner's ``pooled`` output. The conditioner (label embedding, the learned
     text encoder, the projections of a frozen one) is trained by the discriminator's optimizer: the

@@ -192,7 +192,8 @@ class GAN(AdversarialTraining, GenerativeModule):
             adversarial loss, regularisers) make the discriminator's loss, terms with
             ``forward`` the generator's. Discriminator terms may take ``real_logits``,
             ``fake_logits``, ``discriminator``, ``real``, ``fake`` and ``step`` (the index of this
-            D step); generator terms ``fake_logits`` and ``fake``.
+            D step); generator terms ``fake_logits``, ``fake`` and ``real_logits`` (D's logits on
+            the real batch under the updated D, without gradient: relativistic losses).
         optimizer_g, optimizer_d (Callable): Hydra partials called as ``optimizer(params=...)``;
             separate learning rates give TTUR (Heusel et al. 2017).
         scheduler_g, scheduler_d (Callable | None): partials called as
