@@ -117,6 +117,9 @@ if a.gskip:
 if a.cl:
     G = G.to(memory_format=torch.channels_last); D = D.to(memory_format=torch.channels_last)
     X = X.contiguous(memory_format=torch.channels_last)
+if a.gsn:  # SAGAN / BigGAN: spectral norm in G's convolutions too (before the EMA copies G)
+    for m in [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]:
+        torch.nn.utils.parametrizations.spectral_norm(m)
 ema = EMA(G, a.ema)
 if a.augment:
     from mmexp.networks.diffaugment import DiffAugment
@@ -131,9 +134,6 @@ if a.dself:
                    nn.ReLU(True) if i < 2 else nn.Tanh()]
     dec = nn.Sequential(*layers)
     if a.cl: dec = dec.to(memory_format=torch.channels_last)
-if a.gsn:  # SAGAN / BigGAN: spectral norm in G's convolutions too
-    for m in [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]:
-        torch.nn.utils.parametrizations.spectral_norm(m)
 og = torch.optim.Adam(G.parameters(), a.lr, betas=(a.beta1, a.beta2), fused=True)
 od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(a.beta1, a.beta2), fused=True)
 def noise(n, generator=None):
