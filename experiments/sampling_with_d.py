@@ -9,7 +9,7 @@ DRS here is per index and deterministic: index i draws K candidates from its own
 ``sigmoid(F - gamma)`` is kept (the last one when none is), where ``F = D - M - log(1 - exp(D - M - eps))`` with M
 the largest logit seen and gamma a quantile of F (DRS's shift); the acceptance draws come from a fixed generator.
 
-    python experiments/sampling_with_d.py RUN_DIR     # RUN_DIR of `python -m mmexp` (its .hydra/ and checkpoints/)
+    python experiments/sampling_with_d.py RUN_DIR     # RUN_DIR of `python -m mmexp` (its checkpoints/last.ckpt)
 """
 from __future__ import annotations
 
@@ -18,21 +18,18 @@ import sys
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from mmexp.checkpoint import load_checkpoint
 from mmexp.metrics.frechet import frechet_distance_from_features
 from mmexp.metrics.networks import MetricNetworks
+from mmexp.pipeline import rebuild
 
 K = 16
 
 
 def main(run: str) -> None:
     torch.set_num_threads(2)
-    cfg = OmegaConf.load(os.path.join(run, ".hydra", "config.yaml"))
-    model = instantiate(cfg.model)
-    model.load_state_dict(load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))["state_dict"])
-    model.eval()
+    # the model and the run config the checkpoint carries (mmexp's own loader: weights only, eval mode)
+    model, cfg, _ = rebuild(os.path.join(run, "checkpoints", "last.ckpt"))
     val = instantiate(cfg.data.dataset)("val")  # the run's own dataset config: the split its protocol scores against
     nets = MetricNetworks()
 
