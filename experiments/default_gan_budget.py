@@ -52,6 +52,16 @@ p.add_argument("--gnorm", default="bn", choices=["bn", "none", "pixel"],
 p.add_argument("--dself", type=float, default=0.0,
                help="w > 0: FastGAN's self-supervised D, a small decoder rebuilds the real images from D's last "
                     "features (weight w on the MSE, D step only)")
+p.add_argument("--ae", type=float, default=0.0,
+               help="w > 0: VAE-GAN (Larsen et al. 2016): an encoder E of D's shape maps real images to q(z|x), G also "
+                    "decodes them (weight w on the L1 reconstruction, G step), KL to N(0, I) weighted --ae_kl per pixel")
+p.add_argument("--ae_kl", type=float, default=1.0); p.add_argument("--ae_every", type=int, default=1)
+p.add_argument("--patch", type=int, default=0,
+               help="PatchGAN head: D's last 4x4 conv becomes a 1x1 conv, one logit per cell of its 4x4 map (each sees "
+                    "a 22 px window), the losses averaged over cells")
+p.add_argument("--dfull", type=int, default=0,
+               help="D sees the full resolution: a 3x3 stride-1 conv (D's width) + LeakyReLU at 32 px before its first "
+                    "stride-2 conv (BatchNorm elsewhere as usual)")
 p.add_argument("--standing", type=int, default=0, help="also score with the EMA G's BatchNorm statistics recomputed")
 a = p.parse_args()
 torch.set_num_threads(2); torch.manual_seed(a.seed)
@@ -73,6 +83,15 @@ if a.dstd:
     if a.sn:
         for m in [m for m in D.modules() if isinstance(m, nn.Conv2d)]:
             nn.utils.parametrizations.spectral_norm(m)
+if a.dfull:
+    w = a.dwidth or a.width
+    D.features = torch.nn.Sequential(torch.nn.Conv2d(3, w, 3, 1, 1, bias=False), torch.nn.LeakyReLU(0.2, True),
+                                     torch.nn.Conv2d(w, w, 4, 2, 1, bias=False), *list(D.features)[1:])
+    from mmexp.networks.dcgan import dcgan_init
+    D.features.apply(dcgan_init)
+if a.patch:
+    D.head = torch.nn.Conv2d(D.feature_channels, 1, 1, 1, 0, bias=False)
+    torch.nn.init.normal_(D.head.weight, 0, 0.02)
 if a.gnorm != "bn":
     class PixelNorm(torch.nn.Module):
         def forward(self, x):
@@ -134,6 +153,13 @@ if a.dself:
                    nn.ReLU(True) if i < 2 else nn.Tanh()]
     dec = nn.Sequential(*layers)
     if a.cl: dec = dec.to(memory_format=torch.channels_last)
+E = None
+if a.ae:
+    E = DCGANDiscriminator(3, 32, a.dwidth or a.width)
+    E.head = torch.nn.Conv2d(E.feature_channels, 2 * a.latent, E.feature_size, 1, 0)
+    torch.nn.init.normal_(E.head.weight, 0, 0.02); torch.nn.init.zeros_(E.head.bias)
+    if a.cl: E = E.to(memory_format=torch.channels_last)
+oe = torch.optim.Adam(E.parameters(), a.lr, betas=(0.5, 0.999), fused=True) if E is not None else None
 og = torch.optim.Adam(G.parameters(), a.lr, betas=(a.beta1, a.beta2), fused=True)
 od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(a.beta1, a.beta2), fused=True)
 def noise(n, generator=None):
@@ -179,10 +205,10 @@ while True:
         if dec is not None:
             ld = ld + a.dself * F.mse_loss(dec(hr).float(), real.detach().float())
         if r1_now:  # lazy R1 (Mescheder et al. 2018; StyleGAN2's lazy schedule): gamma/2 * |grad_x D(x)|^2
-            grad, = torch.autograd.grad(dr.float().sum(), real, create_graph=True)
+            grad, = torch.autograd.grad(dr.float().view(a.bs, -1).mean(1).sum(), real, create_graph=True)
             ld = ld + a.r1 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
         if r2_now:
-            grad, = torch.autograd.grad(df.float().sum(), fake, create_graph=True)
+            grad, = torch.autograd.grad(df.float().view(a.bs, -1).mean(1).sum(), fake, create_graph=True)
             ld = ld + a.r2 / 2 * a.r1_every * grad.float().pow(2).flatten(1).sum(1).mean()
     od.zero_grad(set_to_none=True); ld.backward(); od.step()
     with ac():
@@ -195,7 +221,17 @@ while True:
         else:
             lg = -dg.float().mean() if a.loss == "hinge" else F.softplus(-dg.float()).mean()
         D.requires_grad_(True)
-    og.zero_grad(set_to_none=True); lg.backward(); og.step()
+    og.zero_grad(set_to_none=True)
+    if E is not None and it % a.ae_every == 0:
+        with ac():
+            mu, logvar = E.head(E.features(real.detach())).flatten(1).float().chunk(2, 1)
+            zq = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            rec = G(zq)
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean() / real[0].numel()
+            lg = lg + a.ae * ((rec.float() - real.detach().float()).abs().mean() + a.ae_kl * kl)
+        oe.zero_grad(set_to_none=True)
+    lg.backward(); og.step()
+    if E is not None and it % a.ae_every == 0: oe.step()
     ema.update(it)
     it += 1
 train_s = time.perf_counter() - t0
