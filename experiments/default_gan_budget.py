@@ -55,6 +55,9 @@ p.add_argument("--dself", type=float, default=0.0,
 p.add_argument("--ae", type=float, default=0.0,
                help="w > 0: VAE-GAN (Larsen et al. 2016): an encoder E of D's shape maps real images to q(z|x), G also "
                     "decodes them (weight w on the L1 reconstruction, G step), KL to N(0, I) weighted --ae_kl per pixel")
+p.add_argument("--gch", default="",
+               help="G's channels per resolution from 4 px up, e.g. 128,64,16 (4, 8, 16 px; a 4th entry adds a hidden "
+                    "layer at 32 px): capacity where the geometry is decided, not where it is costly")
 p.add_argument("--ae_kl", type=float, default=1.0); p.add_argument("--ae_every", type=int, default=1)
 p.add_argument("--patch", type=int, default=0,
                help="PatchGAN head: D's last 4x4 conv becomes a 1x1 conv, one logit per cell of its 4x4 map (each sees "
@@ -133,6 +136,19 @@ if a.gskip:
                 h = blk(h); rgb = F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False) + to(h)
             return torch.tanh(rgb)
     G = SkipG(a.latent, a.gwidth or a.width)
+if a.gch:
+    from torch import nn
+    from mmexp.networks.dcgan import dcgan_init
+    ch = [int(c) for c in a.gch.split(",")]
+    layers = [nn.ConvTranspose2d(a.latent, ch[0], 4, 1, 0, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(True)]
+    for ci, co in zip(ch, ch[1:]):
+        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(ci, co, 3, 1, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(True)]
+    if len(ch) == 3:
+        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(ch[-1], 3, 3, 1, 1)]
+    else:
+        layers += [nn.Conv2d(ch[-1], 3, 3, 1, 1)]
+    G = nn.Sequential(*layers, nn.Tanh()); G.apply(dcgan_init)
+    G = nn.Sequential(nn.Unflatten(1, (a.latent, 1, 1)), G)
 if a.cl:
     G = G.to(memory_format=torch.channels_last); D = D.to(memory_format=torch.channels_last)
     X = X.contiguous(memory_format=torch.channels_last)
