@@ -58,6 +58,9 @@ p.add_argument("--ae", type=float, default=0.0,
 p.add_argument("--gch", default="",
                help="G's channels per resolution from 4 px up, e.g. 128,64,16 (4, 8, 16 px; a 4th entry adds a hidden "
                     "layer at 32 px): capacity where the geometry is decided, not where it is costly")
+p.add_argument("--cond", type=int, default=0,
+               help="class-conditional (the data's label: the first object's shape): one-hot label in G's latent, a "
+                    "projection head in D (Miyato & Koyama 2018); fake labels drawn from the training labels")
 p.add_argument("--ae_kl", type=float, default=1.0); p.add_argument("--ae_every", type=int, default=1)
 p.add_argument("--patch", type=int, default=0,
                help="PatchGAN head: D's last 4x4 conv becomes a 1x1 conv, one logit per cell of its 4x4 map (each sees "
@@ -72,6 +75,7 @@ kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=51
           cache_dir=os.path.expanduser("~/.cache/mmexp/datasets"))
 tr = ShapesDataset("train", **kw)
 X = torch.stack([tr[i]["image"] for i in range(len(tr))])
+Y = torch.tensor([int(tr[i]["label"]) for i in range(len(tr))])
 G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample=a.upsample, full_res_layer=bool(a.fullres))
 D = DCGANDiscriminator(3, 32, a.dwidth or a.width, spectral_norm=bool(a.sn))
 if a.dstd:
@@ -155,6 +159,19 @@ if a.cl:
 if a.gsn:  # SAGAN / BigGAN: spectral norm in G's convolutions too (before the EMA copies G)
     for m in [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]:
         torch.nn.utils.parametrizations.spectral_norm(m)
+if a.cond:
+    from torch import nn
+    class ProjD(nn.Module):  # projection discriminator: D's logit + <embed(y), D's features summed over space>
+        def __init__(self, d, k):
+            super().__init__()
+            self.d, self.embed = d, nn.Embedding(k, d.feature_channels)
+            nn.init.normal_(self.embed.weight, 0, 0.02)
+        def forward(self, x, y):
+            h = self.d.features(x)
+            return self.d.head(h).flatten() + (self.embed(y) * h.sum([2, 3])).sum(1)
+    NC = int(Y.max()) + 1
+    D = ProjD(D, NC)
+    if a.cl: D = D.to(memory_format=torch.channels_last)
 ema = EMA(G, a.ema)
 if a.augment:
     from mmexp.networks.diffaugment import DiffAugment
@@ -180,6 +197,8 @@ og = torch.optim.Adam(G.parameters(), a.lr, betas=(a.beta1, a.beta2), fused=True
 od = torch.optim.Adam(list(D.parameters()) + (list(dec.parameters()) if dec is not None else []), a.lrd or a.lr, betas=(a.beta1, a.beta2), fused=True)
 def noise(n, generator=None):
     z = torch.randn(n, a.latent, generator=generator)
+    if a.cond:  # the labels' empirical distribution, in the last NC entries of z
+        z[:, -NC:] = F.one_hot(Y[torch.randint(len(Y), (n,), generator=generator)], NC).float()
     if a.cat:  # a discrete switch: G can jump between the data's modes instead of crossing the gaps between them
         k = torch.randint(a.cat, (n,), generator=generator)
         z[:, -a.cat:] = F.one_hot(k, a.cat).float()
@@ -190,7 +209,7 @@ while True:
     if a.iters and it >= a.iters: break
     if not a.iters and time.perf_counter() - t0 > a.seconds: break
     if pos + a.bs > len(X): perm = torch.randperm(len(X)); pos = 0
-    real = X[perm[pos:pos + a.bs]]; pos += a.bs
+    real, yr = X[perm[pos:pos + a.bs]], Y[perm[pos:pos + a.bs]]; pos += a.bs
     if a.decay_lr:
         frac = (it / a.iters) if a.iters else (time.perf_counter() - t0) / a.seconds
         f = min(1.0, max(0.0, (1 - frac) / (1 - a.decay_start))) if frac > a.decay_start else 1.0
@@ -210,6 +229,8 @@ while True:
             dr, df = D(torch.cat([real, fake])).split(a.bs)
         elif dec is not None:
             hr = D.features(real); dr = D.head(hr).flatten(); df = D(fake)
+        elif a.cond:
+            yf = z[:, -NC:].argmax(1); dr, df = D(real, yr), D(fake, yf)
         else:
             dr, df = D(real), D(fake)
         if a.loss == "hinge":
@@ -230,7 +251,11 @@ while True:
     with ac():
         if not a.reuse: fake_g = G(noise(a.bs))
         D.requires_grad_(False)
-        dg = D(torch.cat([real.detach(), fake_g]))[a.bs:] if a.dnorm == "joint" else D(fake_g)
+        if a.cond:
+            assert a.reuse, "--cond needs --reuse 1"
+            dg = D(fake_g, yf)
+        else:
+            dg = D(torch.cat([real.detach(), fake_g]))[a.bs:] if a.dnorm == "joint" else D(fake_g)
         if a.loss == "rp":  # the pairs' real logits under the updated D (no gradient: G's loss moves G only)
             with torch.no_grad(): dr_g = D(real.detach())
             lg = F.softplus(-(dg.float() - dr_g.float())).mean()
