@@ -70,6 +70,12 @@ p.add_argument("--dfull", type=int, default=0,
                     "stride-2 conv (BatchNorm elsewhere as usual)")
 p.add_argument("--standing", type=int, default=0, help="also score with the EMA G's BatchNorm statistics recomputed")
 a = p.parse_args()
+if a.cond and (a.augment or a.dnorm != "bn" or a.dself or a.loss == "rp" or not a.reuse or a.cat or a.mbstd or a.patch
+               or a.dfull or a.dstd or a.ae):
+    p.error("--cond is built for the default's recipe only: --reuse 1, BatchNorm D, --loss ns or hinge, and none of "
+            "--augment/--dself/--cat/--mbstd/--patch/--dfull/--dstd/--ae")
+if a.gch and (a.gskip or a.fullres or a.gwidth or a.upsample != "nearest" or a.gnorm != "bn"):
+    p.error("--gch builds its own G: not with --gskip/--fullres/--gwidth/--upsample/--gnorm")
 torch.set_num_threads(2); torch.manual_seed(a.seed)
 kw = dict(image_size=32, channels=3, num_train=a.ndata, num_val=512, num_test=512, min_shapes=1, max_shapes=3, seed=42,
           cache_dir=os.path.expanduser("~/.cache/mmexp/datasets"))
@@ -252,7 +258,6 @@ while True:
         if not a.reuse: fake_g = G(noise(a.bs))
         D.requires_grad_(False)
         if a.cond:
-            assert a.reuse, "--cond needs --reuse 1"
             dg = D(fake_g, yf)
         else:
             dg = D(torch.cat([real.detach(), fake_g]))[a.bs:] if a.dnorm == "joint" else D(fake_g)

@@ -8,7 +8,7 @@ images likewise (rFID: the floor stage 2 can reach).
 
     python experiments/two_stage_budget.py --s1_iters 1500 --s2_iters 3000 --seed 1
 """
-import argparse, json, os, time
+import argparse, json, math, os, time
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ cond = torch.zeros(a.s2_bs, 1, 1); cmask = torch.ones(a.s2_bs, 1, dtype=torch.bo
 t0 = time.perf_counter()
 for it in range(a.s2_iters):
     c = codes[torch.randint(len(codes), (a.s2_bs,))]
-    lr_now = a.lr2 * min(1.0, (it + 1) / 100) * (0.5 * (1 + torch.cos(torch.tensor(it / a.s2_iters * 3.14159))).item())
+    lr_now = a.lr2 * min(1.0, (it + 1) / 100) * 0.5 * (1 + math.cos(math.pi * it / a.s2_iters))  # warm-up, cosine
     for g in o2.param_groups: g["lr"] = lr_now
     loss = F.cross_entropy(T(c, cond, cmask).flatten(0, 1), c.flatten())
     o2.zero_grad(set_to_none=True); loss.backward()
