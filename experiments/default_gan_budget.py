@@ -16,6 +16,7 @@ import argparse, json, os, time
 import torch
 import torch.nn.functional as F
 import torchvision
+from mmexp.networks.cgan import ProjectionDiscriminator
 from mmexp.networks.dcgan import DCGANGenerator, DCGANDiscriminator
 from mmexp.ema import EMA
 from mmexp.metrics.frechet import frechet_distance_from_features
@@ -83,7 +84,11 @@ tr = ShapesDataset("train", **kw)
 X = torch.stack([tr[i]["image"] for i in range(len(tr))])
 Y = torch.tensor([int(tr[i]["label"]) for i in range(len(tr))])
 G = DCGANGenerator(a.latent, 3, 32, a.gwidth or a.width, upsample=a.upsample, full_res_layer=bool(a.fullres))
-D = DCGANDiscriminator(3, 32, a.dwidth or a.width, spectral_norm=bool(a.sn))
+if a.cond:  # mmexp's projection D (Miyato & Koyama 2018) on the same trunk; the labels as one-hot condition vectors
+    NC = int(Y.max()) + 1
+    D = ProjectionDiscriminator(3, 32, a.dwidth or a.width, cond_dim=NC, spectral_norm=bool(a.sn))
+else:
+    D = DCGANDiscriminator(3, 32, a.dwidth or a.width, spectral_norm=bool(a.sn))
 if a.dstd:
     from torch import nn
     c, layers = 3, []
@@ -165,19 +170,6 @@ if a.cl:
 if a.gsn:  # SAGAN / BigGAN: spectral norm in G's convolutions too (before the EMA copies G)
     for m in [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]:
         torch.nn.utils.parametrizations.spectral_norm(m)
-if a.cond:
-    from torch import nn
-    class ProjD(nn.Module):  # projection discriminator: D's logit + <embed(y), D's features summed over space>
-        def __init__(self, d, k):
-            super().__init__()
-            self.d, self.embed = d, nn.Embedding(k, d.feature_channels)
-            nn.init.normal_(self.embed.weight, 0, 0.02)
-        def forward(self, x, y):
-            h = self.d.features(x)
-            return self.d.head(h).flatten() + (self.embed(y) * h.sum([2, 3])).sum(1)
-    NC = int(Y.max()) + 1
-    D = ProjD(D, NC)
-    if a.cl: D = D.to(memory_format=torch.channels_last)
 ema = EMA(G, a.ema)
 if a.augment:
     from mmexp.networks.diffaugment import DiffAugment
@@ -236,7 +228,7 @@ while True:
         elif dec is not None:
             hr = D.features(real); dr = D.head(hr).flatten(); df = D(fake)
         elif a.cond:
-            yf = z[:, -NC:].argmax(1); dr, df = D(real, yr), D(fake, yf)
+            yf = z[:, -NC:]; dr, df = D(real, F.one_hot(yr, NC).float()), D(fake, yf)
         else:
             dr, df = D(real), D(fake)
         if a.loss == "hinge":
