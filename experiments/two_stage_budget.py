@@ -17,6 +17,7 @@ import torchvision
 from mmexp.data.shapes import ShapesDataset
 from mmexp.metrics.frechet import frechet_distance_from_features
 from mmexp.metrics.networks import MetricNetworks
+from mmexp.models.vq_prior import draw
 from mmexp.networks.autoencoder import Decoder, Encoder
 from mmexp.networks.transformer import CodeTransformer
 from mmexp.networks.vqvae import VectorQuantizer
@@ -96,21 +97,16 @@ print(f"stage 2: {s2_s:.0f} s, last ce {loss.item():.3f}", flush=True)
 
 T.eval()
 g = torch.Generator().manual_seed(0)
-def draw(logits):
-    logits = logits / a.temperature
-    if a.top_k:
-        v = logits.topk(a.top_k, -1).values[:, -1:]
-        logits = logits.masked_fill(logits < v, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]
 t0 = time.perf_counter()
 imgs = []
 with torch.inference_mode():
     for _ in range(4):
         n = 128
+        u = torch.rand(n, T.length, generator=g)  # one uniform per code, drawn by inverse CDF (model=vq_prior's draw)
         logits, state = T.start(torch.zeros(n, 1, 1), torch.ones(n, 1, dtype=torch.bool))
-        out = [draw(logits)]
-        for _ in range(T.length - 1):
-            out.append(draw(T.step(out[-1], state)))
+        out = [draw(logits, u[:, 0], top_k=a.top_k, temperature=a.temperature)]
+        for j in range(1, T.length):
+            out.append(draw(T.step(out[-1], state), u[:, j], top_k=a.top_k, temperature=a.temperature))
         idx = torch.stack(out, 1).view(n, *grid)
         zq = F.embedding(idx, Q.embedding).permute(0, 3, 1, 2)
         imgs.append(Dd(zq).clamp(-1, 1))
